@@ -1271,7 +1271,9 @@ class _Receiver:
         bound_host, bound_port = self.server.server_address[:2]
         shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
         self.url = f"http://{shown}:{bound_port}/"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="orchestra-receiver", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), name="orchestra-receiver", daemon=True
+        )
 
     def start(self) -> _Receiver:
         self._thread.start()
@@ -1554,9 +1556,12 @@ class _OutputPump:
 
     def _pump(self, source: Any, target: TextIO, is_stderr: bool) -> None:
         sink = getattr(target, "buffer", None)
+        partial = b""  # kept lines are whole lines, so stdout and stderr interleave cleanly
         while True:
             chunk = os.read(source.fileno(), 65536)
             if not chunk:
+                if partial:
+                    self._keep(partial, is_stderr)
                 break
             if sink is not None:
                 try:
@@ -1564,7 +1569,16 @@ class _OutputPump:
                     sink.flush()
                 except (OSError, ValueError):  # our own output is gone; keep draining the child
                     sink = None
-            with self._lock:
+            lines, newline, partial = (partial + chunk).rpartition(b"\n")
+            if newline:
+                self._keep(lines + newline, is_stderr)
+            if len(partial) > 65536:  # a very long line without a newline: keep it anyway
+                self._keep(partial, is_stderr)
+                partial = b""
+        source.close()
+
+    def _keep(self, chunk: bytes, is_stderr: bool) -> None:
+        with self._lock:
                 self._chunks.append(chunk)
                 self._size += len(chunk)
                 while self._size > self._max and len(self._chunks) > 1:
@@ -1573,7 +1587,6 @@ class _OutputPump:
                     self._cut += len(dropped)
                 if is_stderr:
                     self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
-        source.close()
 
     def join(self) -> None:
         for thread in self._threads:

@@ -1,0 +1,1671 @@
+"""Tests for orchestra_sdk.py, against a real HTTP server on 127.0.0.1 (no mocked urllib).
+
+Run with ``python -m unittest -v`` (pytest runs them too). Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import http.server
+import importlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import unittest
+import uuid
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from unittest import mock
+
+import orchestra_sdk
+from orchestra_sdk import (
+    LinkedConnection,
+    LinkedConnectionNotFoundError,
+    OrchestraSDK,
+    TaskRunStatus,
+    WebhookEventType,
+    get_linked_connection,
+    list_linked_connections,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULE_FILE = os.path.join(HERE, "orchestra_sdk.py")
+API_KEY = "sk-test-9f8e7d6c5b4a-SECRET"
+TASK_RUN_ID = "0f9c3a5e-8f4e-4a4e-9b1a-2f6f3c9d7e10"
+WAIT = 10.0  # the longest any single wait in these tests may take
+
+
+# ---------------------------------------------------------------------------------------------
+# A recording server on loopback; faults are its behaviours
+# ---------------------------------------------------------------------------------------------
+
+
+class Recorded:
+    """One request as it arrived."""
+
+    def __init__(self, method: str, path: str, headers: Dict[str, str], body: bytes) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.arrived = time.monotonic()
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+Action = Callable[[http.server.BaseHTTPRequestHandler, "Recorder"], None]
+
+
+def raw(data: bytes) -> Action:
+    def act(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
+        handler.wfile.write(data)
+
+    return act
+
+
+def reply(status: int, body: bytes = b'{"success": true}', headers: Optional[Dict[str, str]] = None) -> Action:
+    """An answer in a single write (separate writes meet delayed ACKs on loopback)."""
+    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return raw(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+
+def drop() -> Action:
+    """Close the connection before the status line."""
+
+    def act(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
+        pass
+
+    return act
+
+
+def reset_after_headers(status: int = 200) -> Action:
+    def act(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
+        handler.wfile.write(f"HTTP/1.1 {status} X\r\nContent-Length: 1000\r\n\r\npartial".encode())
+        handler.wfile.flush()
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    return act
+
+
+def hang() -> Action:
+    """Accept and never answer (until the test ends)."""
+
+    def act(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
+        server.stopping.wait(WAIT)
+
+    return act
+
+
+def delay(seconds: float, then: Action) -> Action:
+    def act(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
+        server.stopping.wait(seconds)
+        then(handler, server)
+
+    return act
+
+
+def trickle(status: int, interval: float, total: int = 50) -> Action:
+    """Send the headers, then the body one byte per `interval`."""
+
+    def act(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
+        handler.wfile.write(f"HTTP/1.1 {status} X\r\nContent-Length: {total}\r\n\r\n".encode())
+        handler.wfile.flush()
+        for _ in range(total):
+            if server.stopping.wait(interval):
+                return
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+
+    return act
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many threads connect at once in the concurrency test
+
+
+class Recorder:
+    """A real HTTP server on 127.0.0.1 (ephemeral port, own thread) that records each request."""
+
+    def __init__(self) -> None:
+        self.requests: List[Recorded] = []
+        self.script: Deque[Action] = deque()
+        self.default: Action = reply(200)
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with recorder.lock:
+                    recorder.requests.append(Recorded("POST", self.path, headers, body))
+                    action = recorder.script.popleft() if recorder.script else recorder.default
+                self.close_connection = True
+                try:
+                    action(self, recorder)
+                except OSError:
+                    pass
+
+            do_GET = do_CONNECT = do_POST
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/orchestra"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def then(self, *actions: Action) -> None:
+        self.script.extend(actions)
+
+    @property
+    def events(self) -> List[Any]:
+        return [r.json for r in self.requests]
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def event(**fields: Any) -> Dict[str, Any]:
+    """The JSON Orchestra should receive, fields in wire order."""
+    body: Dict[str, Any] = {"event_type": "UPDATE_STATUS", "metadata": {}, "task_run_id": TASK_RUN_ID}
+    body.update(fields)
+    return body
+
+
+def status_event(status: Optional[str], message: Optional[str]) -> Dict[str, Any]:
+    fields: Dict[str, Any] = {}
+    if status is not None:
+        fields["status"] = status
+    if message is not None:
+        fields["message"] = message
+    return event(**fields)
+
+
+class RecordingHandler(logging.Handler):
+    """Keeps every record of the `orchestra_sdk` logger, formatted as a user would see it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        self.lines.append(f"{record.levelname}: {text}")
+
+
+class SDKTestCase(unittest.TestCase):
+    """A fresh recorder and a clean Orchestra environment pointing at it, for each test."""
+
+    def setUp(self) -> None:
+        self.server = Recorder()
+        self.addCleanup(self.server.close)
+        patcher = mock.patch.dict(os.environ)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        for name in list(os.environ):
+            if name.startswith("ORCHESTRA"):
+                del os.environ[name]
+        os.environ.update(
+            {"ORCHESTRA_TASK_RUN_ID": TASK_RUN_ID, "ORCHESTRA_WEBHOOK_URL": self.server.url, "ORCHESTRA_API_KEY": API_KEY}
+        )
+        self.log = RecordingHandler()
+        sdk_logger = logging.getLogger("orchestra_sdk")
+        sdk_logger.addHandler(self.log)
+        level = sdk_logger.level
+        sdk_logger.setLevel(logging.DEBUG)
+        self.addCleanup(sdk_logger.setLevel, level)
+        self.addCleanup(sdk_logger.removeHandler, self.log)
+
+    def sdk(self, **kwargs: Any) -> OrchestraSDK:
+        options: Dict[str, Any] = {"timeout": 1.0, "retries": 3, "deadline": 5.0, "backoff": 0.01}
+        options.update(kwargs)
+        return OrchestraSDK(**options)
+
+    def log_lines(self, level: str) -> List[str]:
+        return [line for line in self.log.lines if line.startswith(level + ":")]
+
+    def assert_no_secret(self, text: str) -> None:
+        self.assertNotIn(API_KEY, text)
+        self.assertNotIn(API_KEY[-10:], text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire format
+# ---------------------------------------------------------------------------------------------
+
+
+class WireFormatTest(SDKTestCase):
+    def test_update_task_sends_the_official_bytes_and_headers(self) -> None:
+        self.assertTrue(self.sdk().update_task(status=TaskRunStatus.RUNNING, message="Starting process."))
+        (request,) = self.server.requests
+        self.assertEqual(request.method, "POST")
+        self.assertEqual(request.path, "/hooks/orchestra")
+        self.assertEqual(request.headers["authorization"], f"Bearer {API_KEY}")
+        self.assertEqual(request.headers["content-type"], "application/json")
+        expected = (
+            '{"event_type": "UPDATE_STATUS", "metadata": {}, "task_run_id": "%s", '
+            '"status": "RUNNING", "message": "Starting process."}' % TASK_RUN_ID
+        )
+        self.assertEqual(request.body, expected.encode())
+
+    def test_message_only_update_leaves_status_out(self) -> None:
+        self.assertTrue(self.sdk().update_task(message="Halfway."))
+        self.assertEqual(self.server.events, [status_event(None, "Halfway.")])
+
+    def test_status_name_in_any_case(self) -> None:
+        self.assertTrue(self.sdk().update_task(status="succeeded"))
+        self.assertEqual(self.server.events, [status_event("SUCCEEDED", None)])
+
+    def test_empty_message_with_status_is_left_out(self) -> None:
+        self.sdk().update_task(status="WARNING", message="")
+        self.assertEqual(self.server.events, [status_event("WARNING", None)])
+
+    def test_non_ascii_message_is_escaped_like_the_official_package(self) -> None:
+        self.sdk().update_task(message="Größe ✓")
+        self.assertIn(b'"message": "Gr\\u00f6\\u00dfe \\u2713"', self.server.requests[0].body)
+
+    def test_lone_surrogates_become_replacement_characters(self) -> None:
+        self.sdk().update_task(message="bad \ud800 char\x00\x1b")
+        self.assertEqual(self.server.events[0]["message"], "bad \ufffd char\x00\x1b")
+
+    def test_set_output_event(self) -> None:
+        self.assertTrue(self.sdk().set_output("rows_loaded", {"n": [1, 2.5, None, True]}))
+        self.assertEqual(
+            self.server.events,
+            [
+                {
+                    "event_type": "SET_OUTPUT",
+                    "metadata": {},
+                    "task_run_id": TASK_RUN_ID,
+                    "output_name": "rows_loaded",
+                    "output_value": {"n": [1, 2.5, None, True]},
+                }
+            ],
+        )
+
+    def test_enums_match_the_official_values(self) -> None:
+        self.assertEqual([s.value for s in TaskRunStatus], ["CANCELLED", "FAILED", "RUNNING", "SUCCEEDED", "WARNING"])
+        self.assertEqual({e.value for e in WebhookEventType}, {"LOG", "UPDATE_STATUS", "SET_OUTPUT"})
+
+    def test_upper_case_braced_and_padded_ids_are_sent_canonical(self) -> None:
+        os.environ["ORCHESTRA_TASK_RUN_ID"] = "  {" + TASK_RUN_ID.upper() + "}\n"
+        self.assertTrue(self.sdk().update_task(message="x"))
+        self.assertEqual(self.server.events[0]["task_run_id"], TASK_RUN_ID)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and misuse
+# ---------------------------------------------------------------------------------------------
+
+
+class ConfigurationTest(SDKTestCase):
+    def test_attributes_come_from_the_environment(self) -> None:
+        sdk = OrchestraSDK()
+        self.assertEqual(sdk.api_key, API_KEY)
+        self.assertEqual(sdk.task_run_id, uuid.UUID(TASK_RUN_ID))
+        self.assertEqual(sdk.webhook_url, self.server.url)
+
+    def test_constructor_key_wins_over_the_environment(self) -> None:
+        self.assertEqual(OrchestraSDK(api_key="other").api_key, "other")
+
+    def test_default_webhook_url(self) -> None:
+        del os.environ["ORCHESTRA_WEBHOOK_URL"]
+        self.assertEqual(OrchestraSDK().webhook_url, "https://webhook.getorchestra.io")
+
+    def test_missing_task_run_id_warns_once_and_sends_nothing(self) -> None:
+        del os.environ["ORCHESTRA_TASK_RUN_ID"]
+        sdk = self.sdk()
+        self.assertEqual(self.log.lines, [])  # nothing at construction
+        self.assertFalse(sdk.update_task(message="a"))
+        self.assertFalse(sdk.update_task(message="b"))
+        self.assertEqual(self.server.requests, [])
+        warnings = self.log_lines("WARNING")
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("ORCHESTRA_TASK_RUN_ID is not set", warnings[0])
+
+    def test_malformed_task_run_id_names_the_variable_and_value(self) -> None:
+        os.environ["ORCHESTRA_TASK_RUN_ID"] = "not-a-uuid"
+        self.assertFalse(self.sdk().update_task(message="a"))
+        self.assertIn("ORCHESTRA_TASK_RUN_ID='not-a-uuid' is not a UUID", self.log_lines("WARNING")[0])
+
+    def test_empty_task_run_id(self) -> None:
+        os.environ["ORCHESTRA_TASK_RUN_ID"] = " "
+        self.assertFalse(self.sdk().update_task(message="a"))
+        self.assertIn("ORCHESTRA_TASK_RUN_ID is empty", self.log_lines("WARNING")[0])
+
+    def test_missing_api_key_warns_and_sends_nothing(self) -> None:
+        del os.environ["ORCHESTRA_API_KEY"]
+        self.assertFalse(self.sdk().update_task(message="a"))
+        self.assertEqual(self.server.requests, [])
+        self.assertIn("ORCHESTRA_API_KEY", self.log_lines("WARNING")[0])
+
+    def test_task_run_id_assigned_later_is_used(self) -> None:
+        del os.environ["ORCHESTRA_TASK_RUN_ID"]
+        sdk = self.sdk()
+        sdk.task_run_id = TASK_RUN_ID  # type: ignore[assignment]
+        self.assertEqual(sdk.task_run_id, uuid.UUID(TASK_RUN_ID))
+        self.assertTrue(sdk.update_task(message="a"))
+        self.assertEqual(self.server.events, [status_event(None, "a")])
+
+    def test_assigning_a_malformed_task_run_id_raises(self) -> None:
+        with self.assertRaisesRegex(ValueError, "not a UUID"):
+            self.sdk().task_run_id = "nope"  # type: ignore[assignment]
+
+    def test_decorated_function_still_runs_without_environment(self) -> None:
+        for name in ("ORCHESTRA_TASK_RUN_ID", "ORCHESTRA_API_KEY"):
+            del os.environ[name]
+        sdk = self.sdk()
+
+        @sdk.run()
+        def work() -> int:
+            return 7
+
+        self.assertEqual(work(), 7)
+        self.assertEqual(self.server.requests, [])
+
+    def test_repr_hides_the_api_key(self) -> None:
+        text = repr(self.sdk())
+        self.assert_no_secret(text)
+        self.assertIn("api_key=<set>", text)
+
+    def test_bad_constructor_arguments_raise(self) -> None:
+        for kwargs, pattern in [
+            ({"timeout": 0}, "timeout"),
+            ({"deadline": -1}, "deadline"),
+            ({"retries": -1}, "retries"),
+            ({"retries": 1.5}, "retries"),
+            ({"max_log_bytes": 10}, "max_log_bytes"),
+        ]:
+            with self.subTest(kwargs=kwargs), self.assertRaisesRegex(ValueError, pattern):
+                OrchestraSDK(**kwargs)
+        with self.assertRaises(TypeError):
+            OrchestraSDK(api_key=123)  # type: ignore[arg-type]
+
+
+class MisuseTest(SDKTestCase):
+    def test_update_without_status_or_message(self) -> None:
+        with self.assertRaisesRegex(ValueError, "needs a status, a non-empty message, or both"):
+            self.sdk().update_task()
+        with self.assertRaises(ValueError):
+            self.sdk().update_task(message="")
+
+    def test_unknown_status_lists_the_valid_ones(self) -> None:
+        with self.assertRaisesRegex(ValueError, "unknown status 'DONE'; valid statuses: CANCELLED, FAILED, RUNNING, SUCCEEDED, WARNING"):
+            self.sdk().update_task(status="DONE")
+
+    def test_wrong_types(self) -> None:
+        for kwargs in ({"status": 3}, {"status": b"RUNNING"}, {"message": 5}, {"message": b"x"}):
+            with self.subTest(kwargs=kwargs), self.assertRaises(TypeError):
+                self.sdk().update_task(**kwargs)
+
+    def test_misuse_raises_even_without_environment(self) -> None:
+        del os.environ["ORCHESTRA_TASK_RUN_ID"]
+        with self.assertRaises(ValueError):
+            self.sdk().update_task(status="nope")
+
+    def test_invalid_output_names(self) -> None:
+        for name in ("rows1", "two words", "", "naïve", "a.b"):
+            with self.subTest(name=name), self.assertRaisesRegex(ValueError, "letters, '_' and '-' only"):
+                self.sdk().set_output(name, 1)
+        with self.assertRaises(TypeError):
+            self.sdk().set_output(3, 1)  # type: ignore[arg-type]
+        self.assertEqual(self.server.requests, [])
+
+    def test_output_values_that_are_not_json(self) -> None:
+        circular: List[Any] = []
+        circular.append(circular)
+        for value in (float("nan"), float("inf"), object(), {1, 2}, b"bytes", circular):
+            with self.subTest(value=type(value).__name__), self.assertRaisesRegex(TypeError, "must be a JSON value"):
+                self.sdk().set_output("out", value)
+        self.assertEqual(self.server.requests, [])
+
+    def test_valid_output_names(self) -> None:
+        for name in ("rows", "ROWS_loaded", "rows-loaded", "_"):
+            self.assertTrue(self.sdk().set_output(name, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport: the fault matrix
+# ---------------------------------------------------------------------------------------------
+
+
+class TransportTest(SDKTestCase):
+    def send(self, **kwargs: Any) -> Tuple[bool, float]:
+        sdk = self.sdk(**kwargs)
+        started = time.monotonic()
+        result = sdk.update_task(message="hello")
+        return result, time.monotonic() - started
+
+    def test_retried_statuses_then_success(self) -> None:
+        for status in (500, 502, 503, 504, 408, 429):
+            with self.subTest(status=status):
+                self.server.requests.clear()
+                self.server.then(reply(status, b'{"error": "busy"}'), reply(status))
+                ok, _ = self.send()
+                self.assertTrue(ok)
+                self.assertEqual(len(self.server.requests), 3)
+                self.assertEqual(len({r.body for r in self.server.requests}), 1)  # same event each time
+
+    def test_retries_exhausted_returns_false_and_logs_the_error(self) -> None:
+        self.server.default = reply(503, b'{"success": false, "error": "Service unavailable"}')
+        ok, _ = self.send(retries=2)
+        self.assertFalse(ok)
+        self.assertEqual(len(self.server.requests), 3)
+        (line,) = self.log_lines("ERROR")
+        self.assertIn("after 3 attempts: HTTP 503: Service unavailable", line)
+
+    def test_client_errors_are_not_retried_and_show_orchestras_error(self) -> None:
+        for status in (400, 401, 403, 404, 422):
+            with self.subTest(status=status):
+                self.server.requests.clear()
+                self.log.lines.clear()
+                body = json.dumps({"success": False, "error": "Invalid task_run_id", "code": "TASK_NOT_FOUND"}).encode()
+                self.server.then(reply(status, body))
+                ok, _ = self.send()
+                self.assertFalse(ok)
+                self.assertEqual(len(self.server.requests), 1)
+                (line,) = self.log_lines("ERROR")
+                self.assertIn(f"HTTP {status}: TASK_NOT_FOUND: Invalid task_run_id (not retried)", line)
+
+    def test_non_json_error_body_shows_its_start(self) -> None:
+        self.server.then(reply(401, b"<html>\n  Unauthorized   request</html>"))
+        self.assertFalse(self.send()[0])
+        self.assertIn("HTTP 401: <html> Unauthorized request</html>", self.log_lines("ERROR")[0])
+
+    def test_retry_after_seconds_is_honoured(self) -> None:
+        self.server.then(reply(429, headers={"Retry-After": "1"}))
+        ok, _ = self.send(deadline=5.0)
+        self.assertTrue(ok)
+        first, second = self.server.requests
+        self.assertGreaterEqual(second.arrived - first.arrived, 0.95)
+
+    def test_retry_after_http_date_is_honoured(self) -> None:
+        when = email.utils.formatdate(time.time() + 2, usegmt=True)
+        self.server.then(reply(503, headers={"Retry-After": when}))
+        ok, _ = self.send(deadline=5.0)
+        self.assertTrue(ok)
+        first, second = self.server.requests
+        self.assertGreaterEqual(second.arrived - first.arrived, 0.9)
+
+    def test_retry_after_past_the_deadline_gives_up_at_once(self) -> None:
+        self.server.then(reply(429, headers={"Retry-After": "120"}))
+        ok, elapsed = self.send(deadline=3.0)
+        self.assertFalse(ok)
+        self.assertLess(elapsed, 1.0)
+        self.assertEqual(len(self.server.requests), 1)
+        self.assertIn("deadline", self.log_lines("ERROR")[0])
+
+    def test_connection_refused_is_retried_then_reported(self) -> None:
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = f"http://127.0.0.1:{free_port()}/"
+        ok, _ = self.send(retries=2)
+        self.assertFalse(ok)
+        (line,) = self.log_lines("ERROR")
+        self.assertIn("after 3 attempts: could not connect", line)
+        self.assertIn("refused", line.lower())
+
+    def test_connection_closed_before_the_status_line_is_retried(self) -> None:
+        self.server.then(drop())
+        self.assertTrue(self.send()[0])
+        self.assertEqual(len(self.server.requests), 2)
+
+    def test_garbled_answer_is_retried(self) -> None:
+        self.server.then(raw(b"NOT HTTP AT ALL\r\n\r\n"))
+        self.assertTrue(self.send()[0])
+        self.assertEqual(len(self.server.requests), 2)
+
+    def test_reset_after_success_headers_counts_as_delivered(self) -> None:
+        self.server.then(reset_after_headers(200))
+        self.assertTrue(self.send()[0])
+        self.assertEqual(len(self.server.requests), 1)
+
+    def test_reset_after_error_headers_is_retried(self) -> None:
+        self.server.then(reset_after_headers(500))
+        self.assertTrue(self.send()[0])
+        self.assertEqual(len(self.server.requests), 2)
+
+    def test_truncated_success_body_counts_as_delivered(self) -> None:
+        self.server.then(raw(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"succ"))
+        self.assertTrue(self.send()[0])
+
+    def test_server_that_never_answers_is_bounded_by_the_deadline(self) -> None:
+        self.server.default = hang()
+        ok, elapsed = self.send(timeout=0.4, deadline=1.5, retries=10)
+        self.assertFalse(ok)
+        self.assertLess(elapsed, 1.5 + 0.5)
+        self.assertGreaterEqual(len(self.server.requests), 2)
+        self.assertIn("no answer within", self.log_lines("ERROR")[0])
+
+    def test_every_attempt_starts_before_the_deadline(self) -> None:
+        self.server.default = hang()
+        ok, elapsed = self.send(timeout=0.3, deadline=1.0, retries=50)
+        self.assertFalse(ok)
+        started = self.server.requests[0].arrived
+        for request in self.server.requests:
+            self.assertLess(request.arrived - started, 1.0)
+
+    def test_error_body_trickling_slower_than_the_timeout(self) -> None:
+        self.server.then(trickle(500, interval=0.2))
+        ok, elapsed = self.send(timeout=0.5, deadline=3.0)
+        self.assertTrue(ok)  # the slow error was cut short and retried
+        self.assertLess(elapsed, 3.0)
+        self.assertEqual(len(self.server.requests), 2)
+
+    def test_success_body_trickling_is_not_waited_for(self) -> None:
+        self.server.then(trickle(200, interval=0.5))
+        ok, elapsed = self.send(timeout=0.3, deadline=2.0)
+        self.assertTrue(ok)
+        self.assertLess(elapsed, 2.0)
+
+    def test_very_large_error_response(self) -> None:
+        self.server.then(reply(500, b"E" * (8 * 1024 * 1024)))
+        self.assertTrue(self.send()[0])
+        self.assertEqual(len(self.server.requests), 2)
+
+    def test_redirects_are_not_followed(self) -> None:
+        other = Recorder()
+        self.addCleanup(other.close)
+        for status in (301, 302, 303, 307, 308):
+            with self.subTest(status=status):
+                self.server.requests.clear()
+                self.log.lines.clear()
+                self.server.then(reply(status, b"", {"Location": other.url}))
+                ok, _ = self.send()
+                self.assertFalse(ok)
+                self.assertEqual(len(self.server.requests), 1)
+                self.assertIn(f"HTTP {status}: redirect to", self.log_lines("ERROR")[0])
+        self.assertEqual(other.requests, [])
+
+    def test_plain_http_to_a_remote_host_is_refused_before_sending(self) -> None:
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = "http://webhook.example.invalid/"
+        self.assertFalse(self.sdk().update_task(message="x"))
+        (line,) = self.log_lines("ERROR")
+        self.assertIn("https is required", line)
+
+    def test_loopback_forms_are_allowed_over_http(self) -> None:
+        for host in ("localhost", "127.0.0.1", "127.1.2.3", "[::1]"):
+            with self.subTest(host=host):
+                url = f"http://{host}:1/"
+                self.assertIsNone(orchestra_sdk._webhook_url_problem(url))
+
+    def test_loopback_ignores_proxy_variables(self) -> None:
+        os.environ["HTTP_PROXY"] = os.environ["http_proxy"] = f"http://127.0.0.1:{free_port()}"
+        os.environ.pop("NO_PROXY", None)
+        os.environ.pop("no_proxy", None)
+        self.assertTrue(self.sdk().update_task(message="x"))
+        self.assertEqual(len(self.server.requests), 1)
+
+    def test_remote_host_uses_the_proxy_variables(self) -> None:
+        os.environ["HTTPS_PROXY"] = os.environ["https_proxy"] = self.server.url.rsplit("/hooks", 1)[0]
+        os.environ["NO_PROXY"] = os.environ["no_proxy"] = ""
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = "https://webhook.example.invalid/"
+        self.server.default = reply(403, b'{"error": "proxy says no"}')
+        self.assertFalse(self.sdk(retries=0).update_task(message="x"))
+        (request,) = self.server.requests  # the proxy got the CONNECT; nothing else left the machine
+        self.assertEqual(request.path, "webhook.example.invalid:443")
+
+    def test_no_record_at_debug_level_contains_the_api_key(self) -> None:
+        self.server.then(reply(500), reply(401, b'{"error": "bad key"}'))
+        self.sdk().update_task(message="x")
+        self.sdk().update_task(message="x")
+        self.assertTrue(self.log.lines)
+        for line in self.log.lines:
+            self.assert_no_secret(line)
+
+    def test_credentials_in_the_webhook_url_are_refused_and_not_shown(self) -> None:
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = "https://alice:hunter2@webhook.example.invalid/x"
+        sdk = self.sdk()
+        self.assertFalse(sdk.update_task(message="x"))
+        line = self.log_lines("ERROR")[0]
+        self.assertIn("carries credentials", line)
+        self.assertNotIn("hunter2", line + repr(sdk))
+        self.assertNotIn("alice", line + repr(sdk))
+
+    def test_bad_webhook_urls_return_false_with_a_reason(self) -> None:
+        cases = {
+            "/relative/path": "absolute https://",
+            "ftp://host/x": "absolute https://",
+            "https://hôst.example/": "not ASCII",
+            "https://host:notaport/": "malformed",
+        }
+        for url, reason in cases.items():
+            with self.subTest(url=url):
+                self.log.lines.clear()
+                os.environ["ORCHESTRA_WEBHOOK_URL"] = url
+                self.assertFalse(self.sdk().update_task(message="x"))
+                self.assertIn(reason, self.log_lines("ERROR")[0])
+        self.assertEqual(self.server.requests, [])
+
+    def test_one_megabyte_message_is_sent(self) -> None:
+        message = "m" * (1024 * 1024)
+        self.assertTrue(self.sdk().update_task(message=message))
+        self.assertEqual(self.server.events[0]["message"], message)
+
+
+class RetryPolicyTest(unittest.TestCase):
+    def test_backoff_doubles_with_jitter_and_a_cap(self) -> None:
+        policy = orchestra_sdk.RetryPolicy(backoff=0.5, backoff_max=3.0)
+        self.assertEqual(orchestra_sdk._backoff_delay(policy, 1, 0.0), 0.25)
+        self.assertEqual(orchestra_sdk._backoff_delay(policy, 2, 0.999999), 0.999999 * 0.5 + 0.5)
+        self.assertEqual(orchestra_sdk._backoff_delay(policy, 10, 0.0), 1.5)
+
+    def test_retry_after_parsing(self) -> None:
+        now = 1_700_000_000.0
+        self.assertEqual(orchestra_sdk._parse_retry_after("7", now), 7.0)
+        self.assertEqual(orchestra_sdk._parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now), 30.0)
+        self.assertEqual(orchestra_sdk._parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now), 0.0)
+        self.assertIsNone(orchestra_sdk._parse_retry_after("soon", now))
+        self.assertIsNone(orchestra_sdk._parse_retry_after(None, now))
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS
+# ---------------------------------------------------------------------------------------------
+
+
+@unittest.skipUnless(shutil.which("openssl"), "the openssl command is needed to make a certificate")
+class TLSTest(SDKTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        import ssl
+
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        self.cert = os.path.join(folder, "cert.pem")
+        key = os.path.join(folder, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", self.cert,
+             "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=WAIT,
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, key)
+        self.server.server.socket = context.wrap_socket(self.server.server.socket, server_side=True)
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.server.url.replace("http://", "https://")
+
+    def test_unverifiable_certificate_is_refused_and_not_retried(self) -> None:
+        os.environ.pop("SSL_CERT_FILE", None)
+        self.assertFalse(self.sdk().update_task(message="x"))
+        (line,) = self.log_lines("ERROR")
+        self.assertIn("certificate could not be verified", line)
+        self.assertIn("not retried", line)
+
+    def test_certificate_named_by_ssl_cert_file_is_trusted(self) -> None:
+        os.environ["SSL_CERT_FILE"] = self.cert
+        self.assertTrue(self.sdk().update_task(message="x"))
+        self.assertEqual(self.server.events, [status_event(None, "x")])
+
+
+# ---------------------------------------------------------------------------------------------
+# run(): decorator, context managers, outcomes, steps
+# ---------------------------------------------------------------------------------------------
+
+
+class RunTest(SDKTestCase):
+    def statuses(self) -> List[Tuple[Optional[str], Optional[str]]]:
+        return [(e.get("status"), e.get("message")) for e in self.server.events]
+
+    def test_decorator_reports_running_then_succeeded_and_returns_the_value(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run()
+        def my_function(arg1: int, arg2: int = 1) -> int:
+            """Adds."""
+            return arg1 + arg2
+
+        self.assertEqual(my_function(1, arg2=2), 3)
+        self.assertEqual(
+            self.server.events,
+            [status_event("RUNNING", "my_function started."), status_event("SUCCEEDED", "my_function succeeded.")],
+        )
+
+    def test_wraps_keeps_name_doc_signature_and_wrapped(self) -> None:
+        import inspect
+
+        sdk = self.sdk()
+
+        def my_function(arg1: int, arg2: int = 1) -> int:
+            """Adds."""
+            return arg1 + arg2
+
+        wrapped = sdk.run()(my_function)
+        self.assertEqual(wrapped.__name__, "my_function")
+        self.assertEqual(wrapped.__doc__, "Adds.")
+        self.assertIs(wrapped.__wrapped__, my_function)  # type: ignore[attr-defined]
+        self.assertEqual(inspect.signature(wrapped), inspect.signature(my_function))
+
+    def test_exception_is_reported_then_reraised_with_its_traceback(self) -> None:
+        sdk = self.sdk()
+        error = RuntimeError("x" * 300)
+
+        @sdk.run()
+        def boom() -> None:
+            raise error
+
+        try:
+            boom()
+        except RuntimeError as exc:
+            self.assertIs(exc, error)
+            frames = [f.name for f in traceback.extract_tb(exc.__traceback__)]
+        self.assertEqual(frames[-1], "boom")
+        self.assertEqual(self.statuses()[-1], ("FAILED", "boom failed. Error: " + "x" * 250))
+
+    def test_exception_without_text_reports_its_type(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run()
+        def check() -> None:
+            assert False
+
+        with self.assertRaises(AssertionError):
+            check()
+        self.assertEqual(self.statuses()[-1], ("FAILED", "check failed. Error: AssertionError"))
+
+    def test_bare_decorator_and_named_run(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run
+        def first() -> str:
+            return "a"
+
+        @sdk.run("load orders")
+        def second() -> str:
+            return "b"
+
+        self.assertEqual((first(), second()), ("a", "b"))
+        self.assertEqual(
+            self.statuses(),
+            [("RUNNING", "first started."), ("SUCCEEDED", "first succeeded."),
+             ("RUNNING", "load orders started."), ("SUCCEEDED", "load orders succeeded.")],
+        )
+
+    def test_context_manager(self) -> None:
+        sdk = self.sdk()
+        with sdk.run("load orders"):
+            sdk.update_task(message="inside")
+        with self.assertRaises(ValueError), sdk.run():
+            raise ValueError("bad row")
+        self.assertEqual(
+            self.statuses(),
+            [("RUNNING", "load orders started."), (None, "inside"), ("SUCCEEDED", "load orders succeeded."),
+             ("RUNNING", "task started."), ("FAILED", "task failed. Error: bad row")],
+        )
+
+    def test_reraise_false_reports_failed_and_returns_none(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run(reraise=False)
+        def boom() -> int:
+            raise KeyError("k")
+
+        self.assertIsNone(boom())
+        self.assertEqual(self.statuses()[-1], ("FAILED", "boom failed. Error: 'k'"))
+        with sdk.run("block", reraise=False):
+            raise ValueError("swallowed")
+
+    def test_reraise_false_never_swallows_base_exceptions(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run(reraise=False)
+        def stop() -> None:
+            raise KeyboardInterrupt
+
+        with self.assertRaises(KeyboardInterrupt):
+            stop()
+
+    def test_outcome_table(self) -> None:
+        cases: List[Tuple[BaseException, str, str]] = [
+            (KeyboardInterrupt(), "CANCELLED", "f cancelled."),
+            (asyncio.CancelledError(), "CANCELLED", "f cancelled."),
+            (SystemExit(0), "SUCCEEDED", "f succeeded."),
+            (SystemExit(None), "SUCCEEDED", "f succeeded."),
+            (SystemExit(3), "FAILED", "f failed. Error: exit code 3"),
+            (SystemExit("bad config"), "FAILED", "f failed. Error: exit code bad config"),
+            (GeneratorExit("odd"), "FAILED", "f failed. Error: odd"),
+        ]
+        sdk = self.sdk()
+        for exc, status, message in cases:
+            with self.subTest(exc=repr(exc)):
+                self.server.requests.clear()
+
+                @sdk.run()
+                def f() -> None:
+                    raise exc
+
+                with self.assertRaises(type(exc)) as caught:
+                    f()
+                self.assertIs(caught.exception, exc)
+                self.assertEqual(self.statuses(), [("RUNNING", "f started."), (status, message)])
+
+    def test_failed_reports_do_not_change_the_result(self) -> None:
+        self.server.default = reply(500)
+        sdk = self.sdk(retries=0)
+
+        @sdk.run()
+        def work() -> str:
+            return "value"
+
+        self.assertEqual(work(), "value")
+        self.assertEqual(len(self.log_lines("ERROR")), 2)
+
+    def test_nested_run_is_a_step_that_sends_messages_only(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run("extract")
+        def extract() -> None:
+            pass
+
+        @sdk.run("transform")
+        def transform() -> None:
+            raise ValueError("bad")
+
+        with sdk.run("pipeline"):
+            extract()
+            with contextlib.suppress(ValueError):
+                transform()
+        self.assertEqual(
+            self.statuses(),
+            [("RUNNING", "pipeline started."), (None, "extract started."), (None, "extract succeeded."),
+             (None, "transform started."), (None, "transform failed. Error: bad"),
+             ("SUCCEEDED", "pipeline succeeded.")],
+        )
+
+    def test_wrapped_by_the_cli_every_run_is_a_step(self) -> None:
+        os.environ["ORCHESTRA_SDK_WRAPPED"] = "1"
+        sdk = self.sdk()
+        with sdk.run("inner"):
+            pass
+        self.assertEqual(self.statuses(), [(None, "inner started."), (None, "inner succeeded.")])
+
+    def test_separate_sdks_do_not_nest(self) -> None:
+        outer, inner = self.sdk(), self.sdk()
+        with outer.run("a"), inner.run("b"):
+            pass
+        self.assertEqual([s for s, _ in self.statuses()], ["RUNNING", "RUNNING", "SUCCEEDED", "SUCCEEDED"])
+
+
+class AsyncRunTest(SDKTestCase):
+    def statuses(self) -> List[Tuple[Optional[str], Optional[str]]]:
+        return [(e.get("status"), e.get("message")) for e in self.server.events]
+
+    def test_coroutine_function_is_reported_after_its_body(self) -> None:
+        sdk = self.sdk()
+        seen: List[int] = []
+
+        @sdk.run()
+        async def fetch(n: int) -> int:
+            await asyncio.sleep(0.01)
+            seen.append(len(self.server.requests))
+            return n * 2
+
+        import inspect
+
+        self.assertTrue(inspect.iscoroutinefunction(fetch))
+        self.assertEqual(asyncio.run(fetch(21)), 42)
+        self.assertEqual(seen, [1])  # only RUNNING had arrived while the body ran
+        self.assertEqual(self.statuses(), [("RUNNING", "fetch started."), ("SUCCEEDED", "fetch succeeded.")])
+
+    def test_async_exception_is_reraised(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run()
+        async def boom() -> None:
+            raise ValueError("async bad")
+
+        with self.assertRaisesRegex(ValueError, "async bad"):
+            asyncio.run(boom())
+        self.assertEqual(self.statuses()[-1], ("FAILED", "boom failed. Error: async bad"))
+
+    def test_async_context_manager_and_steps(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run("step")
+        async def step() -> None:
+            await asyncio.sleep(0)
+
+        async def main() -> None:
+            async with sdk.run("load"):
+                await asyncio.gather(step(), step())
+
+        asyncio.run(main())
+        self.assertEqual(
+            self.statuses(),
+            [("RUNNING", "load started."), (None, "step started."), (None, "step started."),
+             (None, "step succeeded."), (None, "step succeeded."), ("SUCCEEDED", "load succeeded.")],
+        )
+
+    def test_cancelled_task_is_reported_cancelled(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run()
+        async def slow() -> None:
+            await asyncio.sleep(WAIT)
+
+        async def main() -> None:
+            task = asyncio.ensure_future(slow())
+            while len(self.server.requests) < 1:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(asyncio.wait_for(main(), WAIT))
+        self.assertEqual(self.statuses()[-1], ("CANCELLED", "slow cancelled."))
+
+    def test_event_loop_keeps_running_while_an_update_is_in_flight(self) -> None:
+        self.server.then(delay(0.6, reply(200)))
+        sdk = self.sdk()
+        ticks: List[float] = []
+
+        @sdk.run()
+        async def work() -> None:
+            pass
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        async def main() -> None:
+            tick_task = asyncio.ensure_future(ticker())
+            await work()
+            tick_task.cancel()
+
+        asyncio.run(main())
+        self.assertGreater(len(ticks), 20)  # the ticker ran during the 0.6 s RUNNING request
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs: files and captured output
+# ---------------------------------------------------------------------------------------------
+
+
+class LogTest(SDKTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+        self.path = os.path.join(self.folder, "orchestra.log")
+
+    def log_events(self) -> List[Any]:
+        return [e for e in self.server.events if e["event_type"] == "LOG"]
+
+    def test_log_file_is_sent_after_the_final_status(self) -> None:
+        with open(self.path, "w", encoding="utf-8") as handle:
+            handle.write("line 1\nline 2\n")
+        sdk = self.sdk(log_file=self.path, send_logs=True)
+
+        @sdk.run()
+        def work() -> None:
+            pass
+
+        work()
+        kinds = [(e["event_type"], e.get("status")) for e in self.server.events]
+        self.assertEqual(kinds, [("UPDATE_STATUS", "RUNNING"), ("UPDATE_STATUS", "SUCCEEDED"), ("LOG", None)])
+        self.assertEqual(
+            self.server.events[-1],
+            {"event_type": "LOG", "metadata": {}, "task_run_id": TASK_RUN_ID, "log_name": self.path, "data": "line 1\nline 2\n"},
+        )
+
+    def test_log_file_is_sent_when_the_function_failed(self) -> None:
+        with open(self.path, "wb") as handle:
+            handle.write(b"bad byte \xff here")
+        sdk = self.sdk(log_file=self.path, send_logs=True)
+
+        @sdk.run()
+        def work() -> None:
+            raise ValueError("x")
+
+        with self.assertRaises(ValueError):
+            work()
+        self.assertEqual(self.server.events[1]["status"], "FAILED")
+        self.assertEqual(self.log_events()[0]["data"], "bad byte \ufffd here")
+
+    def test_large_log_keeps_the_most_recent_part_after_a_marker(self) -> None:
+        with open(self.path, "w", encoding="utf-8") as handle:
+            handle.write("old\n" * 1000 + "é" * 10 + "newest line\n")
+        sdk = self.sdk(log_file=self.path, send_logs=True, max_log_bytes=2048)
+        with sdk.run():
+            pass
+        data = self.log_events()[0]["data"]
+        marker, rest = data.split("\n", 1)
+        total = os.path.getsize(self.path)
+        self.assertEqual(marker, f"[orchestra_sdk: {total - 2048} earlier bytes cut; the log keeps its last 2048 bytes]")
+        self.assertTrue(rest.endswith("é" * 10 + "newest line\n"))
+        self.assertEqual(len(rest.encode()), 2048)
+
+    def test_cut_never_starts_inside_a_character(self) -> None:
+        text = orchestra_sdk._tail_text(("é" * 1000).encode(), 1025)
+        marker, rest = text.split("\n", 1)
+        self.assertEqual(rest, "é" * 512)
+        self.assertIn("976 earlier bytes cut", marker)
+
+    def test_missing_log_file_sends_the_captured_output_instead(self) -> None:
+        sdk = self.sdk(log_file=os.path.join(self.folder, "missing.log"), send_logs=True)
+        with contextlib.redirect_stdout(io.StringIO()), sdk.run("job"):
+            print("from print")
+        self.assertEqual(self.log_lines("WARNING"), [])
+        (log_event,) = self.log_events()
+        self.assertEqual((log_event["log_name"], log_event["data"]), ("job", "from print\n"))
+
+    def test_log_path_that_is_a_directory_is_a_warning_naming_it(self) -> None:
+        sdk = self.sdk(log_file=self.folder, send_logs=True)
+        with sdk.run("job"):
+            pass
+        (warning,) = self.log_lines("WARNING")
+        self.assertIn(f"log file {self.folder!r} is a directory", warning)
+        self.assertEqual([e["log_name"] for e in self.log_events()], ["job"])  # the captured output
+
+    def test_unreadable_log_file(self) -> None:
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            text, problem = orchestra_sdk._read_log_file("/proc/self/mem", 1024)
+        else:
+            with open(self.path, "w") as handle:
+                handle.write("x")
+            os.chmod(self.path, 0)
+            text, problem = orchestra_sdk._read_log_file(self.path, 1024)
+        self.assertIsNone(text)
+        self.assertIn("cannot be read", str(problem))
+
+    def test_captured_output_is_sent_when_there_is_no_log_file(self) -> None:
+        sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
+        app_log = logging.getLogger("capture.app")
+        stdout, stderr = io.StringIO(), io.StringIO()
+
+        @sdk.run("etl")
+        def work() -> None:
+            print("printed line")
+            sys.stderr.write("to stderr\n")
+            app_log.info("not shown: root is at WARNING")
+            app_log.warning("a warning")
+            raise RuntimeError("broken")
+
+        no_handlers = not logging.getLogger().handlers  # pytest adds its own
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), self.assertRaises(RuntimeError):
+            work()
+        self.assertEqual(stdout.getvalue(), "printed line\n")  # still shown as usual
+        if no_handlers:
+            self.assertEqual(stderr.getvalue(), "to stderr\na warning\n")  # last-resort output kept
+        (log_event,) = self.log_events()
+        self.assertEqual(log_event["log_name"], "etl")
+        data = log_event["data"]
+        self.assertLess(data.index("printed line"), data.index("to stderr"))
+        self.assertLess(data.index("to stderr"), data.index("WARNING capture.app: a warning"))
+        self.assertNotIn("not shown", data)
+        self.assertIn("Traceback (most recent call last)", data)
+        self.assertIn("RuntimeError: broken", data)
+        self.assertEqual(self.server.events[-2]["status"], "FAILED")
+
+    def test_capture_includes_info_records_when_logging_is_configured(self) -> None:
+        root = logging.getLogger()
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.addFilter(logging.Filter("capture"))
+        root.addHandler(handler)
+        level = root.level
+        root.setLevel(logging.INFO)
+        self.addCleanup(root.removeHandler, handler)
+        self.addCleanup(root.setLevel, level)
+        sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
+        with sdk.run("job"):
+            logging.getLogger("capture.app").info("informative")
+        self.assertEqual(stream.getvalue(), "informative\n")
+        self.assertIn("INFO capture.app: informative", self.log_events()[0]["data"])
+        self.assertEqual([h for h in root.handlers if isinstance(h, orchestra_sdk._OutputCapture)], [])
+
+    def test_exactly_one_log_event_per_outermost_run(self) -> None:
+        sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
+        with sdk.run("outer"):
+            with sdk.run("inner"):
+                print("x", file=io.StringIO())
+        self.assertEqual(len(self.log_events()), 1)
+
+    def test_streams_are_restored_after_the_run(self) -> None:
+        before = (sys.stdout, sys.stderr)
+        sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
+        with sdk.run():
+            self.assertIsNot(sys.stdout, before[0])
+        self.assertEqual((sys.stdout, sys.stderr), before)
+
+    def test_no_log_event_without_send_logs(self) -> None:
+        with open(self.path, "w") as handle:
+            handle.write("x")
+        with self.sdk(log_file=self.path).run():
+            pass
+        self.assertEqual(self.log_events(), [])
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS Lambda
+# ---------------------------------------------------------------------------------------------
+
+
+class LambdaTest(SDKTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        for name in ("ORCHESTRA_TASK_RUN_ID", "ORCHESTRA_WEBHOOK_URL"):
+            del os.environ[name]
+
+    def test_event_configures_run_id_url_and_log_file(self) -> None:
+        sdk = self.sdk()
+        sdk.configure_aws_lambda_event({"orchestra_task_run_id": TASK_RUN_ID, "orchestra_webhook_url": self.server.url, "other": 1})
+        self.assertEqual(sdk.task_run_id, uuid.UUID(TASK_RUN_ID))
+        self.assertEqual(sdk.webhook_url, self.server.url)
+        self.assertRegex(sdk.log_file, rf"^/tmp/{TASK_RUN_ID}_\d+\.log$")
+        self.assertTrue(sdk.update_task(status="RUNNING"))
+        self.assertEqual(self.server.events, [status_event("RUNNING", None)])
+
+    def test_event_without_orchestra_fields_leaves_the_sdk_unconfigured(self) -> None:
+        sdk = self.sdk()
+        for bad in ({}, {"orchestra_task_run_id": "nope"}, "not a dict", None):
+            with self.subTest(event=bad):
+                self.log.lines.clear()
+                sdk.configure_aws_lambda_event(bad)  # type: ignore[arg-type]
+                self.assertIsNone(sdk.task_run_id)
+                self.assertFalse(sdk.update_task(message="x"))
+                self.assertEqual(len(self.log_lines("WARNING")), 1)
+        self.assertEqual(self.server.requests, [])
+
+    def test_a_later_bad_event_does_not_report_to_the_previous_run(self) -> None:
+        sdk = self.sdk()
+        sdk.configure_aws_lambda_event({"orchestra_task_run_id": TASK_RUN_ID, "orchestra_webhook_url": self.server.url})
+        sdk.configure_aws_lambda_event({"source": "aws.events"})
+        self.assertFalse(sdk.update_task(message="x"))
+        self.assertEqual(self.server.requests, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Linked connections
+# ---------------------------------------------------------------------------------------------
+
+
+class LinkedConnectionTest(unittest.TestCase):
+    ENV = {
+        "SNOWFLAKE__PROD__ACCOUNT": "xy12345",
+        "SNOWFLAKE__PROD__PASSWORD": "s3cr3t-pw",
+        "SNOWFLAKE__PROD__PORT": "12345",
+        "SNOWFLAKE__PROD__ENABLED": "true",
+        "SNOWFLAKE__PROD__ROLES": '["a", "b"]',
+        "SNOWFLAKE__PROD__KEY": '{"pem": "-----BEGIN-----"}',
+        "SNOWFLAKE__PROD__BROKEN": "{not json",
+        "POSTGRES__DB_1__HOST": "db.internal",
+        "POSTGRES__DB_2__HOST": "db2.internal",
+        "lower__case__x": "ignored",
+        "A__B": "ignored",
+        "A__B__C__D": "ignored",
+        "A___B__C": "ignored",
+        "_A__B__C": "ignored",
+        "PATH": "/usr/bin",
+    }
+
+    def test_list_decodes_only_json_objects_and_arrays(self) -> None:
+        conns = list_linked_connections(self.ENV)
+        self.assertEqual([(c.integration, c.connection_id) for c in conns], [("POSTGRES", "DB_1"), ("POSTGRES", "DB_2"), ("SNOWFLAKE", "PROD")])
+        prod = conns[2]
+        self.assertEqual(prod["port"], "12345")
+        self.assertEqual(prod["enabled"], "true")
+        self.assertEqual(prod["roles"], ["a", "b"])
+        self.assertEqual(prod["key"], {"pem": "-----BEGIN-----"})
+        self.assertEqual(prod["broken"], "{not json")
+
+    def test_lookups_are_case_insensitive_and_normalised(self) -> None:
+        conn = get_linked_connection("snowflake", environ=self.ENV)
+        self.assertEqual(conn["Account"], "xy12345")
+        self.assertEqual(get_linked_connection("postgres", "db-1", environ=self.ENV)["host"], "db.internal")
+        self.assertEqual(get_linked_connection(" Postgres ", "DB 2", environ=self.ENV).get("HOST"), "db2.internal")
+        self.assertEqual(conn.get("missing", "dflt"), "dflt")
+
+    def test_missing_field_is_a_key_error_naming_the_fields(self) -> None:
+        with self.assertRaisesRegex(KeyError, "has no field 'user'; fields: ACCOUNT, BROKEN"):
+            get_linked_connection("snowflake", environ=self.ENV)["user"]
+
+    def test_none_several_and_unknown_id(self) -> None:
+        with self.assertRaisesRegex(LinkedConnectionNotFoundError, "no BIGQUERY connection is linked"):
+            get_linked_connection("bigquery", environ=self.ENV)
+        with self.assertRaisesRegex(LinkedConnectionNotFoundError, r"2 POSTGRES connections are linked \(DB_1, DB_2\); pass connection_id"):
+            get_linked_connection("postgres", environ=self.ENV)
+        with self.assertRaisesRegex(LinkedConnectionNotFoundError, "no POSTGRES connection 'db3'.*DB_1, DB_2"):
+            get_linked_connection("postgres", "db3", environ=self.ENV)
+
+    def test_secrets_are_not_in_the_repr(self) -> None:
+        conn = get_linked_connection("snowflake", environ=self.ENV)
+        text = repr(conn) + str(conn) + repr(list_linked_connections(self.ENV))
+        self.assertNotIn("s3cr3t-pw", text)
+        self.assertNotIn("xy12345", text)
+        self.assertIn("PASSWORD", text)
+
+    def test_connection_is_frozen(self) -> None:
+        conn = get_linked_connection("snowflake", environ=self.ENV)
+        with self.assertRaises(Exception):
+            conn.integration = "x"  # type: ignore[misc]
+        with self.assertRaises(TypeError):
+            conn.fields["PASSWORD"] = "y"  # type: ignore[index]
+
+    def test_reads_os_environ_by_default_and_through_the_sdk(self) -> None:
+        with mock.patch.dict(os.environ, {"REDSHIFT__MAIN__USER": "bob"}):
+            self.assertEqual(get_linked_connection("redshift")["user"], "bob")
+            sdk = OrchestraSDK(api_key="k")
+            self.assertEqual(sdk.get_linked_connection("REDSHIFT", "main")["USER"], "bob")
+            self.assertIn(LinkedConnection("REDSHIFT", "MAIN", {"USER": "bob"}), sdk.list_linked_connections())
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: the official paths, no side effects, no site-packages
+# ---------------------------------------------------------------------------------------------
+
+
+def run_python(code: str, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+class ImportTest(unittest.TestCase):
+    def test_official_import_paths(self) -> None:
+        code = (
+            "from orchestra_sdk.orchestra import OrchestraSDK\n"
+            "from orchestra_sdk.enum import TaskRunStatus, WebhookEventType\n"
+            "from orchestra_sdk.errors import LinkedConnectionNotFoundError\n"
+            "from orchestra_sdk.linked_connections import LinkedConnection, get_linked_connection, list_linked_connections\n"
+            "import orchestra_sdk\n"
+            "assert OrchestraSDK is orchestra_sdk.OrchestraSDK and TaskRunStatus.RUNNING.value == 'RUNNING'\n"
+            "print('ok')\n"
+        )
+        result = run_python(code)
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "ok\n", ""))
+
+    def test_importing_configures_nothing(self) -> None:
+        code = (
+            "import logging, os, signal, sys, threading\n"
+            f"sys.path.insert(0, {HERE!r})\n"
+            "env = dict(os.environ); handler = signal.getsignal(signal.SIGTERM); before = set(sys.modules)\n"
+            "import orchestra_sdk\n"
+            "assert logging.getLogger().handlers == [] and logging.getLogger('orchestra_sdk').handlers == []\n"
+            "assert threading.active_count() == 1 and dict(os.environ) == env\n"
+            "assert signal.getsignal(signal.SIGTERM) is handler\n"
+            "lazy = [m for m in ('urllib.request', 'asyncio', 'argparse', 'http.server', 'http.client', 'ssl', 'socket', 'typing', 'uuid', 'subprocess') if m in sys.modules and m not in before]\n"
+            "print(lazy)\n"
+        )
+        result = run_python(code, "-E")
+        self.assertEqual(result.stderr, "")
+        self.assertEqual(result.stdout, "[]\n")
+
+    def test_failed_update_reaches_stderr_without_logging_configured(self) -> None:
+        env = dict(os.environ, ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY,
+                   ORCHESTRA_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/")
+        code = "import orchestra_sdk; print(orchestra_sdk.OrchestraSDK(retries=0).update_task(message='x'))"
+        result = run_python(code, env=env)
+        self.assertEqual(result.stdout, "False\n")
+        self.assertIn("Orchestra did not receive the UPDATE_STATUS event", result.stderr)
+        self.assertNotIn(API_KEY, result.stderr)
+
+    def test_no_site_packages_import_and_update(self) -> None:
+        server = Recorder()
+        self.addCleanup(server.close)
+        env = dict(os.environ, ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=server.url)
+        result = run_python("import orchestra_sdk; print(orchestra_sdk.OrchestraSDK().update_task(status='RUNNING'))", "-S", env=env)
+        self.assertEqual(result.stdout, "True\n", result.stderr)
+        self.assertEqual(server.events, [status_event("RUNNING", None)])
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM, in a real child process
+# ---------------------------------------------------------------------------------------------
+
+
+@unittest.skipUnless(hasattr(signal, "SIGTERM") and os.name == "posix", "POSIX signals")
+class SigtermTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.server = Recorder()
+        self.addCleanup(self.server.close)
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+        self.env = dict(os.environ, ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=self.server.url)
+        self.env.pop("ORCHESTRA_SDK_WRAPPED", None)
+
+    def start(self, code: str) -> subprocess.Popen[str]:
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: child.poll() is None and child.kill())
+        assert child.stdout is not None
+        ready = wait_for_line(child.stdout)
+        self.assertEqual(ready, "ready\n")
+        return child
+
+    def test_sigterm_reports_cancelled_runs_finally_and_exits_143(self) -> None:
+        marker = os.path.join(self.folder, "finally-ran")
+        code = (
+            "import atexit, sys, time, orchestra_sdk\n"
+            "sdk = orchestra_sdk.OrchestraSDK()\n"
+            f"atexit.register(lambda: open({marker!r} + '.atexit', 'w').close())\n"
+            "@sdk.run()\n"
+            "def job():\n"
+            "    try:\n"
+            "        print('ready', flush=True)\n"
+            "        time.sleep(30)\n"
+            "    finally:\n"
+            f"        open({marker!r}, 'w').close()\n"
+            "job()\n"
+        )
+        child = self.start(code)
+        child.send_signal(signal.SIGTERM)
+        self.assertEqual(child.wait(WAIT), 143)
+        self.assertTrue(os.path.exists(marker))
+        self.assertTrue(os.path.exists(marker + ".atexit"))
+        self.assertEqual(self.server.events[-1], status_event("CANCELLED", "job cancelled: received SIGTERM."))
+
+    def test_sigterm_in_an_async_run(self) -> None:
+        code = (
+            "import asyncio, orchestra_sdk\n"
+            "sdk = orchestra_sdk.OrchestraSDK()\n"
+            "@sdk.run()\n"
+            "async def job():\n"
+            "    print('ready', flush=True)\n"
+            "    await asyncio.sleep(30)\n"
+            "asyncio.run(job())\n"
+        )
+        child = self.start(code)
+        child.send_signal(signal.SIGTERM)
+        self.assertEqual(child.wait(WAIT), 143)
+        self.assertEqual(self.server.events[-1], status_event("CANCELLED", "job cancelled: received SIGTERM."))
+
+    def test_own_sigterm_handler_is_left_alone(self) -> None:
+        code = (
+            "import signal, sys, time, orchestra_sdk\n"
+            "def mine(signum, frame):\n"
+            "    print('own handler', flush=True); sys.exit(5)\n"
+            "signal.signal(signal.SIGTERM, mine)\n"
+            "sdk = orchestra_sdk.OrchestraSDK()\n"
+            "with sdk.run('job'):\n"
+            "    assert signal.getsignal(signal.SIGTERM) is mine\n"
+            "    print('ready', flush=True)\n"
+            "    time.sleep(30)\n"
+        )
+        child = self.start(code)
+        child.send_signal(signal.SIGTERM)
+        self.assertEqual(child.wait(WAIT), 5)
+        assert child.stdout is not None
+        self.assertEqual(child.stdout.read(), "own handler\n")
+        self.assertEqual(self.server.events[-1], status_event("FAILED", "job failed. Error: exit code 5"))
+
+    def test_default_disposition_is_restored_after_the_run(self) -> None:
+        code = (
+            "import signal, orchestra_sdk\n"
+            "sdk = orchestra_sdk.OrchestraSDK()\n"
+            "with sdk.run('job'):\n"
+            "    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL\n"
+            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        )
+        result = run_python(code, env=self.env)
+        self.assertEqual(result.stdout, "True\n", result.stderr)
+
+
+def wait_for_line(stream: Any, timeout: float = WAIT) -> str:
+    """Read one line from a pipe, giving up after `timeout` seconds."""
+    lines: List[str] = []
+    reader = threading.Thread(target=lambda: lines.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return lines[0] if lines else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency
+# ---------------------------------------------------------------------------------------------
+
+
+class ConcurrencyTest(SDKTestCase):
+    def test_sixteen_threads_sending_a_hundred_updates_each(self) -> None:
+        sdk = self.sdk()
+        results: List[bool] = []
+        lock = threading.Lock()
+
+        def send(thread: int) -> None:
+            for n in range(100):
+                ok = sdk.update_task(message=f"t{thread}-{n}")
+                with lock:
+                    results.append(ok)
+
+        threads = [threading.Thread(target=send, args=(t,)) for t in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        self.assertEqual(results.count(True), 1600)
+        messages = sorted(e["message"] for e in self.server.events)
+        self.assertEqual(messages, sorted(f"t{t}-{n}" for t in range(16) for n in range(100)))
+        self.assertTrue(all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in self.server.requests))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line, as real subprocesses
+# ---------------------------------------------------------------------------------------------
+
+
+class CLITest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.server = Recorder()
+        self.addCleanup(self.server.close)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA")}
+        self.env.update(ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=self.server.url)
+
+    def cli(self, *args: str, stdin: Optional[bytes] = None, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess[bytes]:
+        result = subprocess.run(
+            [sys.executable, MODULE_FILE, *args], cwd=HERE, env=env or self.env, input=stdin,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=WAIT,
+        )
+        for stream in (result.stdout, result.stderr):
+            self.assertNotIn(API_KEY.encode(), stream)
+        return result
+
+    def statuses(self) -> List[Tuple[Optional[str], Optional[str]]]:
+        return [(e.get("status"), e.get("message")) for e in self.server.events]
+
+    def test_run_success_passes_output_through_byte_for_byte(self) -> None:
+        code = "import sys; sys.stdout.buffer.write(b'out\\x00\\xff\\n'); sys.stderr.buffer.write(b'err\\r\\n')"
+        result = self.cli("run", "--", sys.executable, "-c", code)
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, b"out\x00\xff\n", b"err\r\n"))
+        name = os.path.basename(sys.executable)
+        self.assertEqual(self.statuses(), [("RUNNING", f"{name} started."), ("SUCCEEDED", f"{name} succeeded.")])
+
+    def test_run_failure_exit_status_and_message(self) -> None:
+        result = self.cli("run", "--name", "load", "--", sys.executable, "-c", "import sys; sys.exit(3)")
+        self.assertEqual(result.returncode, 3)
+        self.assertEqual(self.statuses()[-1], ("FAILED", "load failed. Error: exit code 3"))
+
+    def test_run_with_send_logs_keeps_output_and_last_error_line(self) -> None:
+        code = "import sys; print('hello'); print('Traceback...', file=sys.stderr); print('KeyError: x', file=sys.stderr); sys.exit(4)"
+        result = self.cli("run", "--name", "job", "--send-logs", "--", sys.executable, "-c", code)
+        self.assertEqual(result.returncode, 4)
+        self.assertEqual(result.stdout, b"hello\n")
+        self.assertEqual(result.stderr, b"Traceback...\nKeyError: x\n")
+        events = self.server.events
+        self.assertEqual((events[1]["status"], events[1]["message"]), ("FAILED", "job failed. Error: exit code 4: KeyError: x"))
+        self.assertEqual(events[2]["event_type"], "LOG")
+        self.assertEqual(events[2]["log_name"], "job")
+        self.assertEqual(sorted(events[2]["data"].splitlines()), sorted(["hello", "Traceback...", "KeyError: x"]))
+
+    def test_run_killed_by_a_signal(self) -> None:
+        result = self.cli("run", "--name", "job", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+        self.assertEqual(result.returncode, 128 + 9)
+        self.assertEqual(self.statuses()[-1], ("FAILED", "job failed. Error: killed by SIGKILL (exit code 137)"))
+
+    def test_command_not_found_and_not_executable(self) -> None:
+        result = self.cli("run", "--", "no-such-command-xyz")
+        self.assertEqual(result.returncode, 127)
+        self.assertIn(b"no-such-command-xyz: command not found", result.stderr)
+        self.assertEqual(self.statuses()[-1], ("FAILED", "no-such-command-xyz failed. Error: no-such-command-xyz: command not found"))
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        script = os.path.join(folder, "script.sh")
+        with open(script, "w") as handle:
+            handle.write("#!/bin/sh\necho hi\n")
+        self.assertEqual(self.cli("run", "--", script).returncode, 126)
+
+    def test_python_run_inside_the_wrapper_reports_steps(self) -> None:
+        code = "import orchestra_sdk\nsdk = orchestra_sdk.OrchestraSDK()\n@sdk.run()\ndef inner():\n    pass\ninner()\n"
+        result = self.cli("run", "--name", "job", "--", sys.executable, "-c", code)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            self.statuses(),
+            [("RUNNING", "job started."), (None, "inner started."), (None, "inner succeeded."), ("SUCCEEDED", "job succeeded.")],
+        )
+
+    def test_sigterm_to_the_wrapper_reaches_the_command_and_ends_cancelled(self) -> None:
+        code = "import signal, sys, time\nprint('ready', flush=True)\ntime.sleep(30)\n"
+        wrapper = subprocess.Popen(
+            [sys.executable, MODULE_FILE, "run", "--name", "job", "--", sys.executable, "-c", code],
+            cwd=HERE, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )
+        self.addCleanup(lambda: wrapper.poll() is None and wrapper.kill())
+        assert wrapper.stdout is not None
+        self.assertEqual(wait_for_line(wrapper.stdout), b"ready\n")
+        wrapper.send_signal(signal.SIGTERM)
+        self.assertEqual(wrapper.wait(WAIT), 143)
+        self.assertEqual(self.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
+
+    def test_update_output_and_log_commands(self) -> None:
+        self.assertEqual(self.cli("update", "--status", "running", "--message", "hi").returncode, 0)
+        self.assertEqual(self.cli("output", "rows", "42").returncode, 0)
+        self.assertEqual(self.cli("output", "label", "not json").returncode, 0)
+        self.assertEqual(self.cli("log", "-", stdin=b"log line\n").returncode, 0)
+        events = self.server.events
+        self.assertEqual(events[0], status_event("RUNNING", "hi"))
+        self.assertEqual((events[1]["output_name"], events[1]["output_value"]), ("rows", 42))
+        self.assertEqual(events[2]["output_value"], "not json")
+        self.assertEqual((events[3]["event_type"], events[3]["log_name"], events[3]["data"]), ("LOG", "stdin", "log line\n"))
+
+    def test_update_failures_and_misuse(self) -> None:
+        self.server.default = reply(401, b'{"error": "Invalid API key"}')
+        result = self.cli("update", "--message", "x")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(b"HTTP 401: Invalid API key", result.stderr)
+        result = self.cli("update", "--status", "bogus")
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.stderr.count(b"\n"), 1)
+        self.assertIn(b"unknown status 'bogus'", result.stderr)
+        self.assertEqual(self.cli("update").returncode, 2)
+        self.assertEqual(self.cli("output", "bad name", "1").returncode, 2)
+
+    def test_check_good_and_broken_environment(self) -> None:
+        result = self.cli("check")
+        self.assertEqual(result.returncode, 0)
+        self.assertIn(TASK_RUN_ID.encode(), result.stdout)
+        self.assertIn(b"API key:     set, from ORCHESTRA_API_KEY", result.stdout)
+        env = dict(self.env, ORCHESTRA_TASK_RUN_ID="garbage", ORCHESTRA_WEBHOOK_URL="https://u:pw@h.example/")
+        result = self.cli("check", env=env)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(b"cannot report: ORCHESTRA_TASK_RUN_ID='garbage' is not a UUID", result.stdout)
+        self.assertNotIn(b"pw@", result.stdout)
+        env = dict(self.env)
+        del env["ORCHESTRA_API_KEY"]
+        self.assertIn(b"API key:     missing", self.cli("check", env=env).stdout)
+
+    def test_help_for_every_command(self) -> None:
+        for command in ("run", "update", "output", "log", "check", "listen"):
+            with self.subTest(command=command):
+                result = self.cli(command, "--help")
+                self.assertEqual(result.returncode, 0)
+                self.assertIn(b"usage: orchestra-sdk " + command.encode(), result.stdout)
+
+    def test_python_dash_m_works(self) -> None:
+        result = subprocess.run([sys.executable, "-m", "orchestra_sdk", "--version"], cwd=HERE, capture_output=True, timeout=WAIT)
+        self.assertEqual(result.stdout.strip(), f"orchestra-sdk {orchestra_sdk.__version__}".encode())
+
+    def test_local_mode_shows_every_event_and_a_summary(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        shutil.copy(MODULE_FILE, folder)  # only the vendored file: the command must still import it
+        env = {k: v for k, v in self.env.items() if not k.startswith("ORCHESTRA") and k != "PYTHONPATH"}
+        script = os.path.join(HERE, "examples", "quickstart.py")
+        result = subprocess.run(
+            [sys.executable, os.path.join(folder, "orchestra_sdk.py"), "run", "--local", "--", sys.executable, script],
+            cwd=folder, env=env, capture_output=True, timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, b"total amount: 9030\n")
+        err = result.stderr.decode()
+        name = os.path.basename(sys.executable)
+        for expected in (f'UPDATE_STATUS RUNNING "{name} started."', 'UPDATE_STATUS "load_orders started."',
+                         'UPDATE_STATUS "Loaded 42 orders."', "SET_OUTPUT rows_loaded = 42", "LOG load_orders (",
+                         f'UPDATE_STATUS SUCCEEDED "{name} succeeded."', "local run finished: SUCCEEDED, 7 events"):
+            self.assertIn(expected, err)
+        self.assertNotIn(API_KEY, err)
+
+    def test_listen_prints_its_url_then_each_event(self) -> None:
+        listener = subprocess.Popen([sys.executable, "-u", MODULE_FILE, "listen"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: listener.poll() is None and listener.kill())
+        assert listener.stdout is not None
+        first = wait_for_line(listener.stdout)
+        self.assertTrue(first.startswith("Listening on http://127.0.0.1:"), first)
+        url = first.split()[2]
+        env = dict(self.env, ORCHESTRA_WEBHOOK_URL=url)
+        self.assertEqual(self.cli("update", "--status", "FAILED", "--message", "boom", env=env).returncode, 0)
+        self.assertEqual(self.cli("output", "n", "[1, 2]", env=env).returncode, 0)
+        self.assertTrue(wait_for_line(listener.stdout).endswith('UPDATE_STATUS FAILED "boom"\n'))
+        self.assertTrue(wait_for_line(listener.stdout).endswith("SET_OUTPUT n = [1, 2]\n"))
+        listener.send_signal(signal.SIGINT)
+        self.assertEqual(listener.wait(WAIT), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples
+# ---------------------------------------------------------------------------------------------
+
+
+class ExampleTest(SDKTestCase):
+    def test_official_style_example_runs_unchanged(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        lambda_run_id = str(uuid.uuid4())
+        env = dict(os.environ, PYTHONPATH=HERE, EXAMPLE_LOG_FILE=os.path.join(folder, "orchestra.log"),
+                   EXAMPLE_LAMBDA_TASK_RUN_ID=lambda_run_id, SNOWFLAKE__PROD__ACCOUNT="xy123", SNOWFLAKE__PROD__USER="loader")
+        result = subprocess.run([sys.executable, os.path.join(HERE, "examples", "official_style_task.py")], cwd=folder,
+                                env=env, capture_output=True, text=True, timeout=WAIT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, "3\n{'statusCode': 200}\n")
+        summary = [(e["task_run_id"], e["event_type"], e.get("status") or e.get("output_name") or e.get("log_name")) for e in self.server.events]
+        log_file = os.path.join(folder, "orchestra.log")
+        self.assertEqual(
+            summary,
+            [(TASK_RUN_ID, "UPDATE_STATUS", "RUNNING"), (TASK_RUN_ID, "UPDATE_STATUS", "RUNNING"),
+             (TASK_RUN_ID, "SET_OUTPUT", "rows_processed"), (TASK_RUN_ID, "UPDATE_STATUS", "SUCCEEDED"),
+             (TASK_RUN_ID, "LOG", log_file),
+             (lambda_run_id, "UPDATE_STATUS", "RUNNING"), (lambda_run_id, "SET_OUTPUT", "invocation"),
+             (lambda_run_id, "UPDATE_STATUS", "SUCCEEDED"), (lambda_run_id, "LOG", "lambda_task")],
+        )
+        log_data = self.server.events[4]["data"]
+        self.assertIn("Running with 1 and 2\nConnecting to account xy123 as loader\n", log_data)
+
+
+if __name__ == "__main__":
+    unittest.main()
