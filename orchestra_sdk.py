@@ -40,14 +40,14 @@ if TYPE_CHECKING:  # pragma: no cover
     import uuid
     from typing import (
         Any,
-        Awaitable,
         Callable,
         Dict,
-        Iterator,
+        FrozenSet,
         List,
         Mapping,
         Optional,
         Sequence,
+        Set,
         TextIO,
         Tuple,
         TypeVar,
@@ -56,20 +56,16 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
     F = TypeVar("F", bound=Callable[..., Any])
-else:
-
-    def overload(func):  # noqa: D103 - only type checkers read overloads
-        return func
 
 
 __version__ = "1.0.0"
 
 __all__ = [
+    "LinkedConnection",
+    "LinkedConnectionNotFoundError",
     "OrchestraSDK",
     "TaskRunStatus",
     "WebhookEventType",
-    "LinkedConnection",
-    "LinkedConnectionNotFoundError",
     "get_linked_connection",
     "list_linked_connections",
     "main",
@@ -114,9 +110,7 @@ _ERROR_TEXT_LIMIT = 250  # characters of str(exc) in a FAILED message, as the of
 DEFAULT_MAX_LOG_BYTES = 1_000_000
 
 
-def _event_body(
-    event_type: WebhookEventType, task_run_id: uuid.UUID, fields: Dict[str, Any]
-) -> bytes:
+def _event_body(event_type: WebhookEventType, task_run_id: uuid.UUID, fields: Dict[str, Any]) -> bytes:
     """The one place an event's JSON is built; key order and separators match the official SDK."""
     body: Dict[str, Any] = {
         "event_type": event_type.value,
@@ -146,9 +140,7 @@ def _coerce_status(status: Union[TaskRunStatus, str]) -> TaskRunStatus:
         except KeyError:
             valid = ", ".join(s.value for s in TaskRunStatus)
             raise ValueError(f"unknown status {status!r}; valid statuses: {valid}") from None
-    raise TypeError(
-        f"status must be a TaskRunStatus or a status name, not {type(status).__name__}"
-    )
+    raise TypeError(f"status must be a TaskRunStatus or a status name, not {type(status).__name__}")
 
 
 def _check_output_name(name: str) -> str:
@@ -156,8 +148,7 @@ def _check_output_name(name: str) -> str:
         raise TypeError(f"output name must be a str, not {type(name).__name__}")
     if not name or not set(name) <= _OUTPUT_NAME_CHARS:
         raise ValueError(
-            f"invalid output name {name!r}: use letters, '_' and '-' only "
-            "(no digits, no spaces), e.g. 'rows_loaded'"
+            f"invalid output name {name!r}: use letters, '_' and '-' only (no digits, no spaces), e.g. 'rows_loaded'"
         )
     return name
 
@@ -300,12 +291,12 @@ class RetryPolicy:
     deadline: float = 30.0  # seconds for the whole update: every attempt and every wait
     backoff: float = 0.5  # first wait; doubles each retry, with jitter
     backoff_max: float = 8.0
-    retry_statuses: frozenset = frozenset({408, 429} | set(range(500, 600)))
+    retry_statuses: FrozenSet[int] = frozenset({408, 429, *range(500, 600)})
 
 
 def _backoff_delay(policy: RetryPolicy, retry_number: int, jitter: float) -> float:
     """The wait before retry `retry_number` (1-based); `jitter` in [0, 1) spreads clients out."""
-    base = min(policy.backoff_max, policy.backoff * (2 ** (retry_number - 1)))
+    base = min(policy.backoff_max, policy.backoff * 2.0 ** (retry_number - 1))
     return base * (0.5 + jitter / 2)
 
 
@@ -418,10 +409,7 @@ def _attempt(opener: Any, request: Any, timeout: float) -> _Attempt:
             return _Attempt(True, status=status)
         if 300 <= status < 400:
             location = _redact_url(response.getheader("Location") or "?")
-            problem = (
-                f"HTTP {status}: redirect to {location!r} not followed "
-                "(the API key goes only to the webhook URL)"
-            )
+            problem = f"HTTP {status}: redirect to {location!r} not followed (the API key goes only to the webhook URL)"
             return _Attempt(False, problem, status)
         body = _read_error_body(response, started + timeout)
         retry_after = _parse_retry_after(response.getheader("Retry-After"), time.time())
@@ -470,7 +458,9 @@ def _post_event(
         remaining = deadline_at - time.monotonic()
         attempts += 1
         timeout = min(policy.timeout, remaining)
-        logger.debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type.value, webhook_url, attempts, timeout)
+        logger.debug(
+            "POST %s event to %s (attempt %d, timeout %.1f s)", event_type.value, webhook_url, attempts, timeout
+        )
         result = _attempt(opener, request, timeout)
         if result.delivered:
             logger.debug("%s event delivered in %.3f s", event_type.value, time.monotonic() - started)
@@ -581,7 +571,9 @@ class OrchestraSDK:
         self.log_file = log_file
         self.send_logs = send_logs
         self.max_log_bytes = max_log_bytes
-        self.retry_policy = RetryPolicy(timeout=float(timeout), retries=retries, deadline=float(deadline), backoff=float(backoff))
+        self.retry_policy = RetryPolicy(
+            timeout=float(timeout), retries=retries, deadline=float(deadline), backoff=float(backoff)
+        )
         self._apply_config(_read_config(os.environ))
         self._opener: Optional[Tuple[str, Any]] = None
         self._current_run: contextvars.ContextVar[Optional[_ActiveRun]] = contextvars.ContextVar(
@@ -592,7 +584,7 @@ class OrchestraSDK:
         self._task_run_id = config.task_run_id
         self._task_run_id_problem = config.task_run_id_problem
         self.webhook_url: str = config.webhook_url
-        self._warned: set = set()
+        self._warned: Set[str] = set()
         self._checked_url: Tuple[str, Optional[str]] = ("", None)
 
     @property
@@ -617,13 +609,12 @@ class OrchestraSDK:
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"
-        return f"OrchestraSDK(task_run_id={self.task_run_id!s}, webhook_url={_redact_url(self.webhook_url)!r}, api_key=<{key}>)"
+        url = _redact_url(self.webhook_url)
+        return f"OrchestraSDK(task_run_id={self.task_run_id!s}, webhook_url={url!r}, api_key=<{key}>)"
 
     # -- reporting ------------------------------------------------------------------------
 
-    def update_task(
-        self, status: Union[TaskRunStatus, str, None] = None, message: Optional[str] = None
-    ) -> bool:
+    def update_task(self, status: Union[TaskRunStatus, str, None] = None, message: Optional[str] = None) -> bool:
         """Send a status, a message, or both. Returns True only when Orchestra answered 2xx.
 
         Raises ValueError for an unknown status or when neither is given, TypeError for a
@@ -656,10 +647,10 @@ class OrchestraSDK:
 
         config = _read_lambda_event(event)
         self._apply_config(config)
-        self._opener = None
         if config.task_run_id is None:
-            logger.warning("Orchestra is not configured for this invocation: %s; updates will be skipped.", config.task_run_id_problem)
-            self._warned.add(config.task_run_id_problem)
+            problem = config.task_run_id_problem or "no task run id"
+            logger.warning("Orchestra is not configured for this invocation: %s; updates will be skipped.", problem)
+            self._warned.add(problem)  # said once here, not again at the first update
             return
         self.log_file = f"/tmp/{config.task_run_id}_{random.randint(0, 10000)}.log"
 
@@ -673,11 +664,13 @@ class OrchestraSDK:
 
     # -- run ----------------------------------------------------------------------------------
 
-    @overload
-    def run(self, name: F, *, reraise: bool = True) -> F: ...
+    if TYPE_CHECKING:  # pragma: no cover - signatures for type checkers only
 
-    @overload
-    def run(self, name: Optional[str] = None, *, reraise: bool = True) -> _Run: ...
+        @overload
+        def run(self, name: F, *, reraise: bool = True) -> F: ...
+
+        @overload
+        def run(self, name: Optional[str] = None, *, reraise: bool = True) -> _Run: ...
 
     def run(self, name: Any = None, *, reraise: bool = True) -> Any:
         """Report a function or block as a Task run: RUNNING, then how it ended.
@@ -713,7 +706,9 @@ class OrchestraSDK:
                 logger.debug("%s event not sent: %s", event_type.value, reason)
             else:
                 self._warned.add(reason)
-                logger.log(level, "Cannot report to Orchestra: %s. Updates are skipped; the Task itself runs on.", reason)
+                logger.log(
+                    level, "Cannot report to Orchestra: %s. Updates are skipped; the Task itself runs on.", reason
+                )
             return False
         assert self._task_run_id is not None and self.api_key is not None
         event_body = _event_body(event_type, self._task_run_id, fields)
@@ -898,10 +893,10 @@ class _ActiveRun:
         if not (self.outermost and self.sdk.send_logs):
             return
         path = self.sdk.log_file
-        if self.capture is None or os.path.exists(path):
-            if self.sdk._send_log_file(path) is not None or self.capture is None:
-                return
-        self.sdk._send_log(self.name, self.capture.text())
+        if self.capture is None:
+            self.sdk._send_log_file(path)
+        elif not os.path.exists(path) or self.sdk._send_log_file(path) is None:
+            self.sdk._send_log(self.name, self.capture.text())
 
     def _swallow(self, exc: Optional[BaseException]) -> bool:
         return exc is not None and isinstance(exc, Exception) and not self.reraise
@@ -1148,7 +1143,10 @@ class LinkedConnection:
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(self.fields))
-        return f"LinkedConnection(integration={self.integration!r}, connection_id={self.connection_id!r}, fields=<{names}>)"
+        return (
+            f"LinkedConnection(integration={self.integration!r}, "
+            f"connection_id={self.connection_id!r}, fields=<{names}>)"
+        )
 
 
 def list_linked_connections(environ: Optional[Mapping[str, str]] = None) -> List[LinkedConnection]:
@@ -1227,7 +1225,8 @@ def _describe_event(event: Any) -> str:
         return f"{kind} {event.get('output_name')} = {value}"
     if kind == "LOG":
         data = str(event.get("data", ""))
-        return f"{kind} {event.get('log_name')} ({len(data.encode('utf-8', 'replace'))} bytes, {data.count(chr(10))} lines)"
+        size, lines = len(data.encode("utf-8", "replace")), data.count("\n")
+        return f"{kind} {event.get('log_name')} ({size} bytes, {lines} lines)"
     return f"{kind} {_shorten(json.dumps(event, ensure_ascii=False), 200)}"
 
 
@@ -1239,7 +1238,7 @@ class _Receiver:
         import threading
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 try:
@@ -1250,7 +1249,7 @@ class _Receiver:
                 on_event(event)
                 self._answer(200, {"success": True})
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._answer(200, {"success": True, "info": "orchestra-sdk local receiver: POST events here"})
 
             def _answer(self, status: int, payload: Dict[str, Any]) -> None:
@@ -1268,8 +1267,8 @@ class _Receiver:
 
         self.server = http.server.ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
-        bound_host, bound_port = self.server.server_address[:2]
-        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+        bound_host, bound_port = str(self.server.server_address[0]), int(self.server.server_address[1])
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}/"
         self._thread = threading.Thread(
             target=self.server.serve_forever, args=(0.05,), name="orchestra-receiver", daemon=True
@@ -1299,7 +1298,9 @@ def _parser() -> Any:
     run = commands.add_parser("run", help="run a command as the Task: RUNNING, then its outcome")
     run.add_argument("--name", help="the name in messages (default: the command's base name)")
     run.add_argument("--send-logs", action="store_true", help="keep the command's output and send it as a LOG event")
-    run.add_argument("--local", action="store_true", help="report to a local receiver instead of Orchestra and print each event")
+    run.add_argument(
+        "--local", action="store_true", help="report to a local receiver instead of Orchestra and print each event"
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
     update = commands.add_parser("update", help="send a status and/or a message")
@@ -1420,7 +1421,11 @@ class _LocalRun:
             ENV_API_KEY: "local-placeholder-key",
             "PYTHONPATH": here + (os.pathsep + path if path else ""),  # the module, even vendored
         }
-        print(f"{_CLI}: local run {self.environ[ENV_TASK_RUN_ID]}, events go to {self.receiver.url}", file=sys.stderr, flush=True)
+        print(
+            f"{_CLI}: local run {self.environ[ENV_TASK_RUN_ID]}, events go to {self.receiver.url}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _show(self, event: Any) -> None:
         self.events.append(event)
@@ -1579,14 +1584,14 @@ class _OutputPump:
 
     def _keep(self, chunk: bytes, is_stderr: bool) -> None:
         with self._lock:
-                self._chunks.append(chunk)
-                self._size += len(chunk)
-                while self._size > self._max and len(self._chunks) > 1:
-                    dropped = self._chunks.popleft()
-                    self._size -= len(dropped)
-                    self._cut += len(dropped)
-                if is_stderr:
-                    self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+            while self._size > self._max and len(self._chunks) > 1:
+                dropped = self._chunks.popleft()
+                self._size -= len(dropped)
+                self._cut += len(dropped)
+            if is_stderr:
+                self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
 
     def join(self) -> None:
         for thread in self._threads:

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import email.utils
 import http.server
-import importlib
 import io
 import json
 import logging
@@ -26,7 +25,7 @@ import traceback
 import unittest
 import uuid
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from unittest import mock
 
 import orchestra_sdk
@@ -153,7 +152,7 @@ class Recorder:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with recorder.lock:
@@ -237,7 +236,11 @@ class SDKTestCase(unittest.TestCase):
             if name.startswith("ORCHESTRA"):
                 del os.environ[name]
         os.environ.update(
-            {"ORCHESTRA_TASK_RUN_ID": TASK_RUN_ID, "ORCHESTRA_WEBHOOK_URL": self.server.url, "ORCHESTRA_API_KEY": API_KEY}
+            {
+                "ORCHESTRA_TASK_RUN_ID": TASK_RUN_ID,
+                "ORCHESTRA_WEBHOOK_URL": self.server.url,
+                "ORCHESTRA_API_KEY": API_KEY,
+            }
         )
         self.log = RecordingHandler()
         sdk_logger = logging.getLogger("orchestra_sdk")
@@ -274,8 +277,8 @@ class WireFormatTest(SDKTestCase):
         self.assertEqual(request.headers["authorization"], f"Bearer {API_KEY}")
         self.assertEqual(request.headers["content-type"], "application/json")
         expected = (
-            '{"event_type": "UPDATE_STATUS", "metadata": {}, "task_run_id": "%s", '
-            '"status": "RUNNING", "message": "Starting process."}' % TASK_RUN_ID
+            f'{{"event_type": "UPDATE_STATUS", "metadata": {{}}, "task_run_id": "{TASK_RUN_ID}", '
+            '"status": "RUNNING", "message": "Starting process."}'
         )
         self.assertEqual(request.body, expected.encode())
 
@@ -373,14 +376,14 @@ class ConfigurationTest(SDKTestCase):
     def test_task_run_id_assigned_later_is_used(self) -> None:
         del os.environ["ORCHESTRA_TASK_RUN_ID"]
         sdk = self.sdk()
-        sdk.task_run_id = TASK_RUN_ID  # type: ignore[assignment]
+        sdk.task_run_id = TASK_RUN_ID
         self.assertEqual(sdk.task_run_id, uuid.UUID(TASK_RUN_ID))
         self.assertTrue(sdk.update_task(message="a"))
         self.assertEqual(self.server.events, [status_event(None, "a")])
 
     def test_assigning_a_malformed_task_run_id_raises(self) -> None:
         with self.assertRaisesRegex(ValueError, "not a UUID"):
-            self.sdk().task_run_id = "nope"  # type: ignore[assignment]
+            self.sdk().task_run_id = "nope"
 
     def test_decorated_function_still_runs_without_environment(self) -> None:
         for name in ("ORCHESTRA_TASK_RUN_ID", "ORCHESTRA_API_KEY"):
@@ -400,13 +403,14 @@ class ConfigurationTest(SDKTestCase):
         self.assertIn("api_key=<set>", text)
 
     def test_bad_constructor_arguments_raise(self) -> None:
-        for kwargs, pattern in [
+        cases: List[Tuple[Dict[str, Any], str]] = [
             ({"timeout": 0}, "timeout"),
             ({"deadline": -1}, "deadline"),
             ({"retries": -1}, "retries"),
             ({"retries": 1.5}, "retries"),
             ({"max_log_bytes": 10}, "max_log_bytes"),
-        ]:
+        ]
+        for kwargs, pattern in cases:
             with self.subTest(kwargs=kwargs), self.assertRaisesRegex(ValueError, pattern):
                 OrchestraSDK(**kwargs)
         with self.assertRaises(TypeError):
@@ -421,7 +425,9 @@ class MisuseTest(SDKTestCase):
             self.sdk().update_task(message="")
 
     def test_unknown_status_lists_the_valid_ones(self) -> None:
-        with self.assertRaisesRegex(ValueError, "unknown status 'DONE'; valid statuses: CANCELLED, FAILED, RUNNING, SUCCEEDED, WARNING"):
+        with self.assertRaisesRegex(
+            ValueError, "unknown status 'DONE'; valid statuses: CANCELLED, FAILED, RUNNING, SUCCEEDED, WARNING"
+        ):
             self.sdk().update_task(status="DONE")
 
     def test_wrong_types(self) -> None:
@@ -555,7 +561,7 @@ class TransportTest(SDKTestCase):
         self.assertEqual(len(self.server.requests), 2)
 
     def test_truncated_success_body_counts_as_delivered(self) -> None:
-        self.server.then(raw(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"succ"))
+        self.server.then(raw(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"succ'))
         self.assertTrue(self.send()[0])
 
     def test_server_that_never_answers_is_bounded_by_the_deadline(self) -> None:
@@ -568,7 +574,7 @@ class TransportTest(SDKTestCase):
 
     def test_every_attempt_starts_before_the_deadline(self) -> None:
         self.server.default = hang()
-        ok, elapsed = self.send(timeout=0.3, deadline=1.0, retries=50)
+        ok, _elapsed = self.send(timeout=0.3, deadline=1.0, retries=50)
         self.assertFalse(ok)
         started = self.server.requests[0].arrived
         for request in self.server.requests:
@@ -704,9 +710,27 @@ class TLSTest(SDKTestCase):
         self.cert = os.path.join(folder, "cert.pem")
         key = os.path.join(folder, "key.pem")
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", self.cert,
-             "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-            check=True, capture_output=True, timeout=WAIT,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                key,
+                "-out",
+                self.cert,
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=WAIT,
         )
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert, key)
@@ -785,7 +809,7 @@ class RunTest(SDKTestCase):
 
         @sdk.run()
         def check() -> None:
-            assert False
+            raise AssertionError()
 
         with self.assertRaises(AssertionError):
             check()
@@ -805,8 +829,12 @@ class RunTest(SDKTestCase):
         self.assertEqual((first(), second()), ("a", "b"))
         self.assertEqual(
             self.statuses(),
-            [("RUNNING", "first started."), ("SUCCEEDED", "first succeeded."),
-             ("RUNNING", "load orders started."), ("SUCCEEDED", "load orders succeeded.")],
+            [
+                ("RUNNING", "first started."),
+                ("SUCCEEDED", "first succeeded."),
+                ("RUNNING", "load orders started."),
+                ("SUCCEEDED", "load orders succeeded."),
+            ],
         )
 
     def test_context_manager(self) -> None:
@@ -817,8 +845,13 @@ class RunTest(SDKTestCase):
             raise ValueError("bad row")
         self.assertEqual(
             self.statuses(),
-            [("RUNNING", "load orders started."), (None, "inside"), ("SUCCEEDED", "load orders succeeded."),
-             ("RUNNING", "task started."), ("FAILED", "task failed. Error: bad row")],
+            [
+                ("RUNNING", "load orders started."),
+                (None, "inside"),
+                ("SUCCEEDED", "load orders succeeded."),
+                ("RUNNING", "task started."),
+                ("FAILED", "task failed. Error: bad row"),
+            ],
         )
 
     def test_reraise_false_reports_failed_and_returns_none(self) -> None:
@@ -859,7 +892,7 @@ class RunTest(SDKTestCase):
                 self.server.requests.clear()
 
                 @sdk.run()
-                def f() -> None:
+                def f(exc: BaseException = exc) -> None:
                     raise exc
 
                 with self.assertRaises(type(exc)) as caught:
@@ -895,9 +928,14 @@ class RunTest(SDKTestCase):
                 transform()
         self.assertEqual(
             self.statuses(),
-            [("RUNNING", "pipeline started."), (None, "extract started."), (None, "extract succeeded."),
-             (None, "transform started."), (None, "transform failed. Error: bad"),
-             ("SUCCEEDED", "pipeline succeeded.")],
+            [
+                ("RUNNING", "pipeline started."),
+                (None, "extract started."),
+                (None, "extract succeeded."),
+                (None, "transform started."),
+                (None, "transform failed. Error: bad"),
+                ("SUCCEEDED", "pipeline succeeded."),
+            ],
         )
 
     def test_wrapped_by_the_cli_every_run_is_a_step(self) -> None:
@@ -960,8 +998,14 @@ class AsyncRunTest(SDKTestCase):
         asyncio.run(main())
         self.assertEqual(
             self.statuses(),
-            [("RUNNING", "load started."), (None, "step started."), (None, "step started."),
-             (None, "step succeeded."), (None, "step succeeded."), ("SUCCEEDED", "load succeeded.")],
+            [
+                ("RUNNING", "load started."),
+                (None, "step started."),
+                (None, "step started."),
+                (None, "step succeeded."),
+                (None, "step succeeded."),
+                ("SUCCEEDED", "load succeeded."),
+            ],
         )
 
     def test_cancelled_task_is_reported_cancelled(self) -> None:
@@ -1034,7 +1078,13 @@ class LogTest(SDKTestCase):
         self.assertEqual(kinds, [("UPDATE_STATUS", "RUNNING"), ("UPDATE_STATUS", "SUCCEEDED"), ("LOG", None)])
         self.assertEqual(
             self.server.events[-1],
-            {"event_type": "LOG", "metadata": {}, "task_run_id": TASK_RUN_ID, "log_name": self.path, "data": "line 1\nline 2\n"},
+            {
+                "event_type": "LOG",
+                "metadata": {},
+                "task_run_id": TASK_RUN_ID,
+                "log_name": self.path,
+                "data": "line 1\nline 2\n",
+            },
         )
 
     def test_log_file_is_sent_when_the_function_failed(self) -> None:
@@ -1060,7 +1110,9 @@ class LogTest(SDKTestCase):
         data = self.log_events()[0]["data"]
         marker, rest = data.split("\n", 1)
         total = os.path.getsize(self.path)
-        self.assertEqual(marker, f"[orchestra_sdk: {total - 2048} earlier bytes cut; the log keeps its last 2048 bytes]")
+        self.assertEqual(
+            marker, f"[orchestra_sdk: {total - 2048} earlier bytes cut; the log keeps its last 2048 bytes]"
+        )
         self.assertTrue(rest.endswith("é" * 10 + "newest line\n"))
         self.assertEqual(len(rest.encode()), 2048)
 
@@ -1145,9 +1197,8 @@ class LogTest(SDKTestCase):
 
     def test_exactly_one_log_event_per_outermost_run(self) -> None:
         sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
-        with sdk.run("outer"):
-            with sdk.run("inner"):
-                print("x", file=io.StringIO())
+        with sdk.run("outer"), sdk.run("inner"):
+            print("x", file=io.StringIO())
         self.assertEqual(len(self.log_events()), 1)
 
     def test_streams_are_restored_after_the_run(self) -> None:
@@ -1178,7 +1229,9 @@ class LambdaTest(SDKTestCase):
 
     def test_event_configures_run_id_url_and_log_file(self) -> None:
         sdk = self.sdk()
-        sdk.configure_aws_lambda_event({"orchestra_task_run_id": TASK_RUN_ID, "orchestra_webhook_url": self.server.url, "other": 1})
+        sdk.configure_aws_lambda_event(
+            {"orchestra_task_run_id": TASK_RUN_ID, "orchestra_webhook_url": self.server.url, "other": 1}
+        )
         self.assertEqual(sdk.task_run_id, uuid.UUID(TASK_RUN_ID))
         self.assertEqual(sdk.webhook_url, self.server.url)
         self.assertRegex(sdk.log_file, rf"^/tmp/{TASK_RUN_ID}_\d+\.log$")
@@ -1230,7 +1283,10 @@ class LinkedConnectionTest(unittest.TestCase):
 
     def test_list_decodes_only_json_objects_and_arrays(self) -> None:
         conns = list_linked_connections(self.ENV)
-        self.assertEqual([(c.integration, c.connection_id) for c in conns], [("POSTGRES", "DB_1"), ("POSTGRES", "DB_2"), ("SNOWFLAKE", "PROD")])
+        self.assertEqual(
+            [(c.integration, c.connection_id) for c in conns],
+            [("POSTGRES", "DB_1"), ("POSTGRES", "DB_2"), ("SNOWFLAKE", "PROD")],
+        )
         prod = conns[2]
         self.assertEqual(prod["port"], "12345")
         self.assertEqual(prod["enabled"], "true")
@@ -1252,7 +1308,9 @@ class LinkedConnectionTest(unittest.TestCase):
     def test_none_several_and_unknown_id(self) -> None:
         with self.assertRaisesRegex(LinkedConnectionNotFoundError, "no BIGQUERY connection is linked"):
             get_linked_connection("bigquery", environ=self.ENV)
-        with self.assertRaisesRegex(LinkedConnectionNotFoundError, r"2 POSTGRES connections are linked \(DB_1, DB_2\); pass connection_id"):
+        with self.assertRaisesRegex(
+            LinkedConnectionNotFoundError, r"2 POSTGRES connections are linked \(DB_1, DB_2\); pass connection_id"
+        ):
             get_linked_connection("postgres", environ=self.ENV)
         with self.assertRaisesRegex(LinkedConnectionNotFoundError, "no POSTGRES connection 'db3'.*DB_1, DB_2"):
             get_linked_connection("postgres", "db3", environ=self.ENV)
@@ -1266,7 +1324,9 @@ class LinkedConnectionTest(unittest.TestCase):
 
     def test_connection_is_frozen(self) -> None:
         conn = get_linked_connection("snowflake", environ=self.ENV)
-        with self.assertRaises(Exception):
+        import dataclasses
+
+        with self.assertRaises(dataclasses.FrozenInstanceError):
             conn.integration = "x"  # type: ignore[misc]
         with self.assertRaises(TypeError):
             conn.fields["PASSWORD"] = "y"  # type: ignore[index]
@@ -1284,7 +1344,9 @@ class LinkedConnectionTest(unittest.TestCase):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_python(code: str, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = WAIT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -1296,7 +1358,8 @@ class ImportTest(unittest.TestCase):
             "from orchestra_sdk.orchestra import OrchestraSDK\n"
             "from orchestra_sdk.enum import TaskRunStatus, WebhookEventType\n"
             "from orchestra_sdk.errors import LinkedConnectionNotFoundError\n"
-            "from orchestra_sdk.linked_connections import LinkedConnection, get_linked_connection, list_linked_connections\n"
+            "from orchestra_sdk.linked_connections import (\n"
+            "    LinkedConnection, get_linked_connection, list_linked_connections)\n"
             "import orchestra_sdk\n"
             "assert OrchestraSDK is orchestra_sdk.OrchestraSDK and TaskRunStatus.RUNNING.value == 'RUNNING'\n"
             "print('ok')\n"
@@ -1313,16 +1376,21 @@ class ImportTest(unittest.TestCase):
             "assert logging.getLogger().handlers == [] and logging.getLogger('orchestra_sdk').handlers == []\n"
             "assert threading.active_count() == 1 and dict(os.environ) == env\n"
             "assert signal.getsignal(signal.SIGTERM) is handler\n"
-            "lazy = [m for m in ('urllib.request', 'asyncio', 'argparse', 'http.server', 'http.client', 'ssl', 'socket', 'typing', 'uuid', 'subprocess') if m in sys.modules and m not in before]\n"
-            "print(lazy)\n"
+            "lazy = ('urllib.request', 'asyncio', 'argparse', 'http.server', 'http.client', 'ssl', 'socket',\n"
+            "        'typing', 'uuid', 'subprocess', 'random', 'ipaddress')\n"
+            "print([m for m in lazy if m in sys.modules and m not in before])\n"
         )
         result = run_python(code, "-E")
         self.assertEqual(result.stderr, "")
         self.assertEqual(result.stdout, "[]\n")
 
     def test_failed_update_reaches_stderr_without_logging_configured(self) -> None:
-        env = dict(os.environ, ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY,
-                   ORCHESTRA_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/")
+        env = dict(
+            os.environ,
+            ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID,
+            ORCHESTRA_API_KEY=API_KEY,
+            ORCHESTRA_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/",
+        )
         code = "import orchestra_sdk; print(orchestra_sdk.OrchestraSDK(retries=0).update_task(message='x'))"
         result = run_python(code, env=env)
         self.assertEqual(result.stdout, "False\n")
@@ -1332,8 +1400,12 @@ class ImportTest(unittest.TestCase):
     def test_no_site_packages_import_and_update(self) -> None:
         server = Recorder()
         self.addCleanup(server.close)
-        env = dict(os.environ, ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=server.url)
-        result = run_python("import orchestra_sdk; print(orchestra_sdk.OrchestraSDK().update_task(status='RUNNING'))", "-S", env=env)
+        env = dict(
+            os.environ, ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=server.url
+        )
+        result = run_python(
+            "import orchestra_sdk; print(orchestra_sdk.OrchestraSDK().update_task(status='RUNNING'))", "-S", env=env
+        )
         self.assertEqual(result.stdout, "True\n", result.stderr)
         self.assertEqual(server.events, [status_event("RUNNING", None)])
 
@@ -1350,12 +1422,24 @@ class SigtermTest(unittest.TestCase):
         self.addCleanup(self.server.close)
         self.folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.folder)
-        self.env = dict(os.environ, ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=self.server.url)
+        self.env = dict(
+            os.environ,
+            ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID,
+            ORCHESTRA_API_KEY=API_KEY,
+            ORCHESTRA_WEBHOOK_URL=self.server.url,
+        )
         self.env.pop("ORCHESTRA_SDK_WRAPPED", None)
 
     def start(self, code: str) -> subprocess.Popen[str]:
-        child = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.addCleanup(lambda: child.poll() is None and child.kill())
+        child = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=HERE,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(kill_if_running, child)
         assert child.stdout is not None
         ready = wait_for_line(child.stdout)
         self.assertEqual(ready, "ready\n")
@@ -1429,6 +1513,15 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(result.stdout, "True\n", result.stderr)
 
 
+def kill_if_running(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(WAIT)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def wait_for_line(stream: Any, timeout: float = WAIT) -> str:
     """Read one line from a pipe, giving up after `timeout` seconds."""
     lines: List[str] = []
@@ -1476,12 +1569,20 @@ class CLITest(unittest.TestCase):
         self.server = Recorder()
         self.addCleanup(self.server.close)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA")}
-        self.env.update(ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=self.server.url)
+        self.env.update(
+            ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=self.server.url
+        )
 
-    def cli(self, *args: str, stdin: Optional[bytes] = None, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess[bytes]:
+    def cli(
+        self, *args: str, stdin: Optional[bytes] = None, env: Optional[Dict[str, str]] = None
+    ) -> subprocess.CompletedProcess[bytes]:
         result = subprocess.run(
-            [sys.executable, MODULE_FILE, *args], cwd=HERE, env=env or self.env, input=stdin,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=WAIT,
+            [sys.executable, MODULE_FILE, *args],
+            cwd=HERE,
+            env=env or self.env,
+            input=stdin,
+            capture_output=True,
+            timeout=WAIT,
         )
         for stream in (result.stdout, result.stderr):
             self.assertNotIn(API_KEY.encode(), stream)
@@ -1503,19 +1604,32 @@ class CLITest(unittest.TestCase):
         self.assertEqual(self.statuses()[-1], ("FAILED", "load failed. Error: exit code 3"))
 
     def test_run_with_send_logs_keeps_output_and_last_error_line(self) -> None:
-        code = "import sys; print('hello'); print('Traceback...', file=sys.stderr); print('KeyError: x', file=sys.stderr); sys.exit(4)"
+        code = (
+            "import sys; print('hello'); print('Traceback...', file=sys.stderr); "
+            "print('KeyError: x', file=sys.stderr); sys.exit(4)"
+        )
         result = self.cli("run", "--name", "job", "--send-logs", "--", sys.executable, "-c", code)
         self.assertEqual(result.returncode, 4)
         self.assertEqual(result.stdout, b"hello\n")
         self.assertEqual(result.stderr, b"Traceback...\nKeyError: x\n")
         events = self.server.events
-        self.assertEqual((events[1]["status"], events[1]["message"]), ("FAILED", "job failed. Error: exit code 4: KeyError: x"))
+        self.assertEqual(
+            (events[1]["status"], events[1]["message"]), ("FAILED", "job failed. Error: exit code 4: KeyError: x")
+        )
         self.assertEqual(events[2]["event_type"], "LOG")
         self.assertEqual(events[2]["log_name"], "job")
         self.assertEqual(sorted(events[2]["data"].splitlines()), sorted(["hello", "Traceback...", "KeyError: x"]))
 
     def test_run_killed_by_a_signal(self) -> None:
-        result = self.cli("run", "--name", "job", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+        result = self.cli(
+            "run",
+            "--name",
+            "job",
+            "--",
+            sys.executable,
+            "-c",
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        )
         self.assertEqual(result.returncode, 128 + 9)
         self.assertEqual(self.statuses()[-1], ("FAILED", "job failed. Error: killed by SIGKILL (exit code 137)"))
 
@@ -1523,7 +1637,9 @@ class CLITest(unittest.TestCase):
         result = self.cli("run", "--", "no-such-command-xyz")
         self.assertEqual(result.returncode, 127)
         self.assertIn(b"no-such-command-xyz: command not found", result.stderr)
-        self.assertEqual(self.statuses()[-1], ("FAILED", "no-such-command-xyz failed. Error: no-such-command-xyz: command not found"))
+        self.assertEqual(
+            self.statuses()[-1], ("FAILED", "no-such-command-xyz failed. Error: no-such-command-xyz: command not found")
+        )
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         script = os.path.join(folder, "script.sh")
@@ -1537,16 +1653,25 @@ class CLITest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(
             self.statuses(),
-            [("RUNNING", "job started."), (None, "inner started."), (None, "inner succeeded."), ("SUCCEEDED", "job succeeded.")],
+            [
+                ("RUNNING", "job started."),
+                (None, "inner started."),
+                (None, "inner succeeded."),
+                ("SUCCEEDED", "job succeeded."),
+            ],
         )
 
     def test_sigterm_to_the_wrapper_reaches_the_command_and_ends_cancelled(self) -> None:
         code = "import signal, sys, time\nprint('ready', flush=True)\ntime.sleep(30)\n"
         wrapper = subprocess.Popen(
             [sys.executable, MODULE_FILE, "run", "--name", "job", "--", sys.executable, "-c", code],
-            cwd=HERE, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            cwd=HERE,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
         )
-        self.addCleanup(lambda: wrapper.poll() is None and wrapper.kill())
+        self.addCleanup(kill_if_running, wrapper)
         assert wrapper.stdout is not None
         self.assertEqual(wait_for_line(wrapper.stdout), b"ready\n")
         wrapper.send_signal(signal.SIGTERM)
@@ -1562,7 +1687,9 @@ class CLITest(unittest.TestCase):
         self.assertEqual(events[0], status_event("RUNNING", "hi"))
         self.assertEqual((events[1]["output_name"], events[1]["output_value"]), ("rows", 42))
         self.assertEqual(events[2]["output_value"], "not json")
-        self.assertEqual((events[3]["event_type"], events[3]["log_name"], events[3]["data"]), ("LOG", "stdin", "log line\n"))
+        self.assertEqual(
+            (events[3]["event_type"], events[3]["log_name"], events[3]["data"]), ("LOG", "stdin", "log line\n")
+        )
 
     def test_update_failures_and_misuse(self) -> None:
         self.server.default = reply(401, b'{"error": "Invalid API key"}')
@@ -1598,7 +1725,9 @@ class CLITest(unittest.TestCase):
                 self.assertIn(b"usage: orchestra-sdk " + command.encode(), result.stdout)
 
     def test_python_dash_m_works(self) -> None:
-        result = subprocess.run([sys.executable, "-m", "orchestra_sdk", "--version"], cwd=HERE, capture_output=True, timeout=WAIT)
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestra_sdk", "--version"], cwd=HERE, capture_output=True, timeout=WAIT
+        )
         self.assertEqual(result.stdout.strip(), f"orchestra-sdk {orchestra_sdk.__version__}".encode())
 
     def test_local_mode_shows_every_event_and_a_summary(self) -> None:
@@ -1609,21 +1738,36 @@ class CLITest(unittest.TestCase):
         script = os.path.join(HERE, "examples", "quickstart.py")
         result = subprocess.run(
             [sys.executable, os.path.join(folder, "orchestra_sdk.py"), "run", "--local", "--", sys.executable, script],
-            cwd=folder, env=env, capture_output=True, timeout=WAIT,
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            timeout=WAIT,
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout, b"total amount: 9030\n")
         err = result.stderr.decode()
         name = os.path.basename(sys.executable)
-        for expected in (f'UPDATE_STATUS RUNNING "{name} started."', 'UPDATE_STATUS "load_orders started."',
-                         'UPDATE_STATUS "Loaded 42 orders."', "SET_OUTPUT rows_loaded = 42", "LOG load_orders (",
-                         f'UPDATE_STATUS SUCCEEDED "{name} succeeded."', "local run finished: SUCCEEDED, 7 events"):
+        for expected in (
+            f'UPDATE_STATUS RUNNING "{name} started."',
+            'UPDATE_STATUS "load_orders started."',
+            'UPDATE_STATUS "Loaded 42 orders."',
+            "SET_OUTPUT rows_loaded = 42",
+            "LOG load_orders (",
+            f'UPDATE_STATUS SUCCEEDED "{name} succeeded."',
+            "local run finished: SUCCEEDED, 7 events",
+        ):
             self.assertIn(expected, err)
         self.assertNotIn(API_KEY, err)
 
     def test_listen_prints_its_url_then_each_event(self) -> None:
-        listener = subprocess.Popen([sys.executable, "-u", MODULE_FILE, "listen"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.addCleanup(lambda: listener.poll() is None and listener.kill())
+        listener = subprocess.Popen(
+            [sys.executable, "-u", MODULE_FILE, "listen"],
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(kill_if_running, listener)
         assert listener.stdout is not None
         first = wait_for_line(listener.stdout)
         self.assertTrue(first.startswith("Listening on http://127.0.0.1:"), first)
@@ -1647,21 +1791,42 @@ class ExampleTest(SDKTestCase):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         lambda_run_id = str(uuid.uuid4())
-        env = dict(os.environ, PYTHONPATH=HERE, EXAMPLE_LOG_FILE=os.path.join(folder, "orchestra.log"),
-                   EXAMPLE_LAMBDA_TASK_RUN_ID=lambda_run_id, SNOWFLAKE__PROD__ACCOUNT="xy123", SNOWFLAKE__PROD__USER="loader")
-        result = subprocess.run([sys.executable, os.path.join(HERE, "examples", "official_style_task.py")], cwd=folder,
-                                env=env, capture_output=True, text=True, timeout=WAIT)
+        env = dict(
+            os.environ,
+            PYTHONPATH=HERE,
+            EXAMPLE_LOG_FILE=os.path.join(folder, "orchestra.log"),
+            EXAMPLE_LAMBDA_TASK_RUN_ID=lambda_run_id,
+            SNOWFLAKE__PROD__ACCOUNT="xy123",
+            SNOWFLAKE__PROD__USER="loader",
+        )
+        result = subprocess.run(
+            [sys.executable, os.path.join(HERE, "examples", "official_style_task.py")],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout, "3\n{'statusCode': 200}\n")
-        summary = [(e["task_run_id"], e["event_type"], e.get("status") or e.get("output_name") or e.get("log_name")) for e in self.server.events]
+        summary = [
+            (e["task_run_id"], e["event_type"], e.get("status") or e.get("output_name") or e.get("log_name"))
+            for e in self.server.events
+        ]
         log_file = os.path.join(folder, "orchestra.log")
         self.assertEqual(
             summary,
-            [(TASK_RUN_ID, "UPDATE_STATUS", "RUNNING"), (TASK_RUN_ID, "UPDATE_STATUS", "RUNNING"),
-             (TASK_RUN_ID, "SET_OUTPUT", "rows_processed"), (TASK_RUN_ID, "UPDATE_STATUS", "SUCCEEDED"),
-             (TASK_RUN_ID, "LOG", log_file),
-             (lambda_run_id, "UPDATE_STATUS", "RUNNING"), (lambda_run_id, "SET_OUTPUT", "invocation"),
-             (lambda_run_id, "UPDATE_STATUS", "SUCCEEDED"), (lambda_run_id, "LOG", "lambda_task")],
+            [
+                (TASK_RUN_ID, "UPDATE_STATUS", "RUNNING"),
+                (TASK_RUN_ID, "UPDATE_STATUS", "RUNNING"),
+                (TASK_RUN_ID, "SET_OUTPUT", "rows_processed"),
+                (TASK_RUN_ID, "UPDATE_STATUS", "SUCCEEDED"),
+                (TASK_RUN_ID, "LOG", log_file),
+                (lambda_run_id, "UPDATE_STATUS", "RUNNING"),
+                (lambda_run_id, "SET_OUTPUT", "invocation"),
+                (lambda_run_id, "UPDATE_STATUS", "SUCCEEDED"),
+                (lambda_run_id, "LOG", "lambda_task"),
+            ],
         )
         log_data = self.server.events[4]["data"]
         self.assertIn("Running with 1 and 2\nConnecting to account xy123 as loader\n", log_data)
