@@ -22,19 +22,17 @@ Documentation: README.md beside this file.
 
 from __future__ import annotations
 
-import functools
-import inspect
-import json
-import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from enum import Enum
 
-# typing is only needed by type checkers; importing it costs start-up time on every run.
+# Start-up cost is paid on every Lambda cold start and container run, so this module imports
+# only what every path needs. typing is for type checkers only; logging, json, uuid, urllib,
+# asyncio and the rest are imported by the functions that use them (see benchmarks/).
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    import logging
     import types
     import urllib.request
     import uuid
@@ -71,7 +69,57 @@ __all__ = [
     "main",
 ]
 
-logger = logging.getLogger("orchestra_sdk")
+LOGGER_NAME = "orchestra_sdk"
+_WARNING, _ERROR = 30, 40  # logging.WARNING and logging.ERROR
+
+
+def _logger() -> logging.Logger:
+    """The module logger, ``orchestra_sdk``; logging is imported on first use."""
+    import logging
+
+    return logging.getLogger(LOGGER_NAME)
+
+
+def _debug(message: str, *args: Any) -> None:
+    """Log at DEBUG. When nothing has imported logging, nothing can have enabled DEBUG either."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger(LOGGER_NAME).debug(message, *args)
+
+
+class _Record:
+    """Base of the small immutable records below: a frozen dataclass, less the import.
+
+    `dataclasses` imports `inspect`, which would make importing this module three times
+    slower; these records need only immutability, equality and a repr.
+    """
+
+    __slots__: Tuple[str, ...] = ()
+
+    def _set(self, **values: Any) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; cannot delete {name!r}")
+
+    def _values(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({shown})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,14 +158,16 @@ _ERROR_TEXT_LIMIT = 250  # characters of str(exc) in a FAILED message, as the of
 DEFAULT_MAX_LOG_BYTES = 1_000_000
 
 
-def _event_body(event_type: WebhookEventType, task_run_id: uuid.UUID, fields: Dict[str, Any]) -> bytes:
+def _event_body(event_type: WebhookEventType, task_run_id: str, fields: Dict[str, Any]) -> bytes:
     """The one place an event's JSON is built; key order and separators match the official SDK."""
     body: Dict[str, Any] = {
         "event_type": event_type.value,
         "metadata": {},
-        "task_run_id": str(task_run_id),
+        "task_run_id": task_run_id,
     }
     body.update(fields)
+    import json
+
     return json.dumps(body, allow_nan=False).encode("utf-8")
 
 
@@ -154,6 +204,8 @@ def _check_output_name(name: str) -> str:
 
 
 def _check_output_value(name: str, value: Any) -> None:
+    import json
+
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -177,28 +229,44 @@ class LinkedConnectionNotFoundError(LookupError):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Config:
-    """What the SDK needs to report, and why it cannot when a part is missing."""
+class _Config(_Record):
+    """What the SDK needs to report, and why it cannot when the task run id is missing."""
 
-    task_run_id: Optional[uuid.UUID]
+    __slots__ = ("task_run_id", "task_run_id_problem", "webhook_url")
+    task_run_id: Optional[str]  # canonical form, as sent
     task_run_id_problem: Optional[str]
     webhook_url: str
 
+    def __init__(self, task_run_id: Optional[str], task_run_id_problem: Optional[str], webhook_url: str) -> None:
+        self._set(task_run_id=task_run_id, task_run_id_problem=task_run_id_problem, webhook_url=webhook_url)
 
-def _parse_task_run_id(raw: Optional[str], source: str) -> Tuple[Optional[uuid.UUID], Optional[str]]:
-    """Parse a task run id; surrounding blanks, braces and upper case are accepted."""
-    import uuid
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def _canonical_uuid(text: str) -> Optional[str]:
+    """The canonical form (lower case, 8-4-4-4-12) of anything `uuid.UUID` accepts, or None.
+
+    Parsed by hand: `uuid` imports `platform`, and most runs never need a UUID object.
+    """
+    digits = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+    if len(digits) != 32 or not set(digits) <= _HEX_DIGITS:
+        return None
+    d = digits.lower()
+    return f"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}"
+
+
+def _parse_task_run_id(raw: Optional[str], source: str) -> Tuple[Optional[str], Optional[str]]:
+    """(canonical id, None) or (None, problem); surrounding blanks, braces and upper case are fine."""
     if raw is None:
         return None, f"{source} is not set"
     text = raw.strip()
     if not text:
         return None, f"{source} is empty"
-    try:
-        return uuid.UUID(text), None
-    except (ValueError, TypeError):
+    canonical = _canonical_uuid(text)
+    if canonical is None:
         return None, f"{source}={_shorten(text, 60)!r} is not a UUID"
+    return canonical, None
 
 
 def _read_config(env: Mapping[str, str]) -> _Config:
@@ -224,14 +292,12 @@ def _read_lambda_event(event: Any) -> _Config:
 
 
 def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
+    """localhost, 127.0.0.0/8 or ::1: where plain http cannot leave the machine."""
+    host = host.lower().strip("[]")
+    if host in ("localhost", "::1", "0:0:0:0:0:0:0:1"):
         return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    parts = host.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
 
 
 def _redact_url(url: str) -> str:
@@ -282,16 +348,42 @@ def _shorten(text: str, limit: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How one event is delivered: attempts, which failures are retried, and how long in all."""
+_RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
 
-    timeout: float = 10.0  # seconds for one attempt (each socket operation, see README)
-    retries: int = 3  # extra attempts after the first
-    deadline: float = 30.0  # seconds for the whole update: every attempt and every wait
-    backoff: float = 0.5  # first wait; doubles each retry, with jitter
-    backoff_max: float = 8.0
-    retry_statuses: FrozenSet[int] = frozenset({408, 429, *range(500, 600)})
+
+class RetryPolicy(_Record):
+    """How one event is delivered: attempts, which failures are retried, and how long in all.
+
+    timeout: seconds for one attempt (each socket operation, see README); retries: extra
+    attempts after the first; deadline: seconds for the whole update, every attempt and wait;
+    backoff: the first wait, doubled each retry up to backoff_max, with jitter.
+    """
+
+    __slots__ = ("timeout", "retries", "deadline", "backoff", "backoff_max", "retry_statuses")
+    timeout: float
+    retries: int
+    deadline: float
+    backoff: float
+    backoff_max: float
+    retry_statuses: FrozenSet[int]
+
+    def __init__(
+        self,
+        timeout: float = 10.0,
+        retries: int = 3,
+        deadline: float = 30.0,
+        backoff: float = 0.5,
+        backoff_max: float = 8.0,
+        retry_statuses: FrozenSet[int] = _RETRY_STATUSES,
+    ) -> None:
+        self._set(
+            timeout=timeout,
+            retries=retries,
+            deadline=deadline,
+            backoff=backoff,
+            backoff_max=backoff_max,
+            retry_statuses=retry_statuses,
+        )
 
 
 def _backoff_delay(policy: RetryPolicy, retry_number: int, jitter: float) -> float:
@@ -316,15 +408,31 @@ def _parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
     return max(0.0, when - now)
 
 
-@dataclass(frozen=True)
-class _Attempt:
+class _Attempt(_Record):
     """What one attempt came to: delivered, or an HTTP status or network problem."""
 
+    __slots__ = ("delivered", "problem", "status", "retryable_network_error", "retry_after")
     delivered: bool
-    problem: str = ""
-    status: Optional[int] = None  # None: no HTTP answer (a network problem)
-    retryable_network_error: bool = False
-    retry_after: Optional[float] = None
+    problem: str
+    status: Optional[int]  # None: no HTTP answer (a network problem)
+    retryable_network_error: bool
+    retry_after: Optional[float]
+
+    def __init__(
+        self,
+        delivered: bool,
+        problem: str = "",
+        status: Optional[int] = None,
+        retryable_network_error: bool = False,
+        retry_after: Optional[float] = None,
+    ) -> None:
+        self._set(
+            delivered=delivered,
+            problem=problem,
+            status=status,
+            retryable_network_error=retryable_network_error,
+            retry_after=retry_after,
+        )
 
     def retryable(self, policy: RetryPolicy) -> bool:
         if self.status is None:
@@ -355,6 +463,8 @@ def _build_opener(webhook_url: str) -> urllib.request.OpenerDirector:
 
 def _error_text(body: bytes) -> str:
     """Orchestra's error message from a response body: JSON code/error/message, else its start."""
+    import json
+
     text = body.decode("utf-8", "replace").strip()
     try:
         parsed = json.loads(text)
@@ -458,19 +568,17 @@ def _post_event(
         remaining = deadline_at - time.monotonic()
         attempts += 1
         timeout = min(policy.timeout, remaining)
-        logger.debug(
-            "POST %s event to %s (attempt %d, timeout %.1f s)", event_type.value, webhook_url, attempts, timeout
-        )
+        _debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type.value, webhook_url, attempts, timeout)
         result = _attempt(opener, request, timeout)
         if result.delivered:
-            logger.debug("%s event delivered in %.3f s", event_type.value, time.monotonic() - started)
+            _debug("%s event delivered in %.3f s", event_type.value, time.monotonic() - started)
             return True
         what = f"Orchestra did not receive the {event_type.value} event"
         if not result.retryable(policy):
-            logger.error("%s: %s (not retried).", what, result.problem)
+            _logger().error("%s: %s (not retried).", what, result.problem)
             return False
         if attempts > policy.retries:
-            logger.error("%s after %d attempts: %s.", what, attempts, result.problem)
+            _logger().error("%s after %d attempts: %s.", what, attempts, result.problem)
             return False
         if result.retry_after is not None:
             delay = result.retry_after
@@ -479,7 +587,7 @@ def _post_event(
 
             delay = _backoff_delay(policy, attempts, random.random())
         if time.monotonic() + delay >= deadline_at:
-            logger.error(
+            _logger().error(
                 "%s: %s; gave up after %d attempts, as the next would start past the %g s deadline.",
                 what,
                 result.problem,
@@ -487,7 +595,7 @@ def _post_event(
                 policy.deadline,
             )
             return False
-        logger.debug("attempt %d failed (%s); retrying in %.2f s", attempts, result.problem, delay)
+        _debug("attempt %d failed (%s); retrying in %.2f s", attempts, result.problem, delay)
         time.sleep(delay)
 
 
@@ -590,14 +698,19 @@ class OrchestraSDK:
     @property
     def task_run_id(self) -> Optional[uuid.UUID]:
         """The run reported on; assign a UUID or its string form when the environment lacks it."""
-        return self._task_run_id
+        if self._task_run_id is None:
+            return None
+        import uuid
+
+        return uuid.UUID(self._task_run_id)
 
     @task_run_id.setter
     def task_run_id(self, value: Union[uuid.UUID, str, None]) -> None:
-        import uuid
-
-        if value is None or isinstance(value, uuid.UUID):
-            parsed, problem = value, (None if value else "task_run_id was set to None")
+        uuid = sys.modules.get("uuid")  # a UUID object exists only once uuid is imported
+        if value is None:
+            parsed, problem = None, "task_run_id was set to None"
+        elif uuid is not None and isinstance(value, uuid.UUID):
+            parsed, problem = str(value), None
         elif isinstance(value, str):
             parsed, problem = _parse_task_run_id(value, "task_run_id")
             if parsed is None:
@@ -649,7 +762,7 @@ class OrchestraSDK:
         self._apply_config(config)
         if config.task_run_id is None:
             problem = config.task_run_id_problem or "no task run id"
-            logger.warning("Orchestra is not configured for this invocation: %s; updates will be skipped.", problem)
+            _logger().warning("Orchestra is not configured for this invocation: %s; updates will be skipped.", problem)
             self._warned.add(problem)  # said once here, not again at the first update
             return
         self.log_file = f"/tmp/{config.task_run_id}_{random.randint(0, 10000)}.log"
@@ -690,23 +803,23 @@ class OrchestraSDK:
     def _cannot_report(self) -> Optional[Tuple[int, str]]:
         """(log level, reason) when no event can be sent now, else None."""
         if not self.api_key:
-            return logging.WARNING, f"no API key: pass api_key= or set {ENV_API_KEY}"
+            return _WARNING, f"no API key: pass api_key= or set {ENV_API_KEY}"
         if self._task_run_id is None:
-            return logging.WARNING, self._task_run_id_problem or f"{ENV_TASK_RUN_ID} is not set"
+            return _WARNING, self._task_run_id_problem or f"{ENV_TASK_RUN_ID} is not set"
         if self._checked_url[0] != self.webhook_url:  # check each URL once, not on every update
             self._checked_url = (self.webhook_url, _webhook_url_problem(self.webhook_url))
         problem = self._checked_url[1]
-        return (logging.ERROR, problem) if problem else None
+        return (_ERROR, problem) if problem else None
 
     def _send(self, event_type: WebhookEventType, fields: Dict[str, Any]) -> bool:
         blocked = self._cannot_report()
         if blocked is not None:
             level, reason = blocked
             if reason in self._warned:
-                logger.debug("%s event not sent: %s", event_type.value, reason)
+                _debug("%s event not sent: %s", event_type.value, reason)
             else:
                 self._warned.add(reason)
-                logger.log(
+                _logger().log(
                     level, "Cannot report to Orchestra: %s. Updates are skipped; the Task itself runs on.", reason
                 )
             return False
@@ -724,7 +837,7 @@ class OrchestraSDK:
         """Send a log file; None (with a warning) when it cannot be read."""
         text, problem = _read_log_file(path, self.max_log_bytes)
         if text is None:
-            logger.warning("No log sent to Orchestra: %s.", problem)
+            _logger().warning("No log sent to Orchestra: %s.", problem)
             return None
         return self._send_log(path, text)
 
@@ -772,6 +885,20 @@ def _outcome(name: str, exc: Optional[BaseException], sigterm: bool) -> Tuple[Ta
     return TaskRunStatus.FAILED, f"{name} failed. Error: {_exception_text(exc)}"
 
 
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
+
+
+def _is_coroutine_function(func: Any) -> bool:
+    """inspect.iscoroutinefunction, without importing inspect (a third of a cold start)."""
+    import functools
+
+    while isinstance(func, functools.partial):
+        func = func.func
+    func = getattr(func, "__func__", func)  # a bound method
+    code = getattr(func, "__code__", None)
+    return bool(code is not None and code.co_flags & _CO_COROUTINE) or hasattr(func, "_is_coroutine_marker")
+
+
 class _Run:
     """What `OrchestraSDK.run()` returns: a decorator, a context manager and an async one."""
 
@@ -782,9 +909,11 @@ class _Run:
         self._active: List[_ActiveRun] = []
 
     def __call__(self, func: F) -> F:
+        import functools
+
         name = self._name or getattr(func, "__name__", None) or DEFAULT_RUN_NAME
         sdk, reraise = self._sdk, self._reraise
-        if inspect.iscoroutinefunction(func):
+        if _is_coroutine_function(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -969,14 +1098,14 @@ class _SigtermGuard:
     @classmethod
     def install(cls, active: _ActiveRun) -> Optional[_SigtermGuard]:
         import signal
-        import threading
 
-        if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
-            return None
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        if not hasattr(signal, "SIGTERM") or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return None  # the program handles SIGTERM itself: leave it alone
         guard = cls(active)
-        signal.signal(signal.SIGTERM, guard._handle)
+        try:
+            signal.signal(signal.SIGTERM, guard._handle)
+        except ValueError:  # not the main thread: only it can handle signals
+            return None
         return guard
 
     def _handle(self, signum: int, frame: Optional[types.FrameType]) -> None:
@@ -996,46 +1125,21 @@ class _SigtermGuard:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-class _OutputCapture(logging.Handler):
-    """Keeps, bounded, what a run printed: stdout, stderr and log records at INFO and above."""
-
-    _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+class _TailBuffer:
+    """The most recent `max_bytes` of what was appended, and how many bytes were dropped."""
 
     def __init__(self, max_bytes: int) -> None:
         import collections
         import threading
 
-        super().__init__(logging.INFO)
-        self.setFormatter(logging.Formatter(self._FORMAT))
         self._max_bytes = max_bytes
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._cut = 0
-        self._buffer_lock = threading.Lock()
-        self._quiet = threading.local()  # set while forwarding a record to stderr ourselves
-        self._streams: List[Tuple[str, Any, _Tee]] = []
+        self._lock = threading.Lock()
 
-    def start(self) -> None:
-        for attr in ("stdout", "stderr"):
-            stream = getattr(sys, attr)
-            if stream is not None:
-                tee = _Tee(stream, self)
-                setattr(sys, attr, tee)
-                self._streams.append((attr, stream, tee))
-        logging.getLogger().addHandler(self)
-
-    def stop(self) -> None:
-        logging.getLogger().removeHandler(self)
-        for attr, stream, tee in self._streams:
-            if getattr(sys, attr) is tee:  # someone else replaced it since: leave theirs
-                setattr(sys, attr, stream)
-        self._streams = []
-
-    def append(self, text: str, from_stream: bool = False) -> None:
-        if from_stream and getattr(self._quiet, "on", False):
-            return
-        chunk = text.encode("utf-8", "replace")
-        with self._buffer_lock:
+    def append(self, chunk: bytes) -> None:
+        with self._lock:
             self._chunks.append(chunk)
             self._size += len(chunk)
             while self._size > self._max_bytes and len(self._chunks) > 1:
@@ -1044,31 +1148,94 @@ class _OutputCapture(logging.Handler):
                 self._cut += len(dropped)
 
     def text(self) -> str:
-        with self._buffer_lock:
+        """The kept bytes as text, after a marker line when anything was cut."""
+        with self._lock:
             data, cut = b"".join(self._chunks), self._cut
         return _tail_text(data, self._max_bytes, cut)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.append(self.format(record) + "\n")
-            last_resort = logging.lastResort
-            if last_resort is not None and record.levelno >= last_resort.level and not self._other_handlers(record):
-                # Our handler hides Python's last-resort stderr output; keep it as it was.
-                self._quiet.on = True
-                try:
-                    last_resort.handle(record)
-                finally:
-                    self._quiet.on = False
-        except Exception:
-            self.handleError(record)
 
-    def _other_handlers(self, record: logging.LogRecord) -> bool:
-        node: Optional[logging.Logger] = logging.getLogger(record.name)
-        while node is not None:
-            if any(h is not self and record.levelno >= h.level for h in node.handlers):
-                return True
-            node = node.parent if node.propagate else None
-        return False
+class _OutputCapture:
+    """Keeps, bounded, what a run printed: stdout, stderr and log records at INFO and above."""
+
+    FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+    def __init__(self, max_bytes: int) -> None:
+        import threading
+
+        self.buffer = _TailBuffer(max_bytes)
+        self._quiet = threading.local()  # set while we forward a record to stderr ourselves
+        self._streams: List[Tuple[str, Any, _Tee]] = []
+        self._handler: Optional[logging.Handler] = None
+
+    def start(self) -> None:
+        import logging
+
+        for attr in ("stdout", "stderr"):
+            stream = getattr(sys, attr)
+            if stream is not None:
+                tee = _Tee(stream, self)
+                setattr(sys, attr, tee)
+                self._streams.append((attr, stream, tee))
+        self._handler = _capture_handler(self)
+        logging.getLogger().addHandler(self._handler)
+
+    def stop(self) -> None:
+        import logging
+
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+        for attr, stream, tee in self._streams:
+            if getattr(sys, attr) is tee:  # someone else replaced it since: leave theirs
+                setattr(sys, attr, stream)
+        self._streams = []
+
+    def append(self, text: str, from_stream: bool = False) -> None:
+        if not (from_stream and getattr(self._quiet, "on", False)):
+            self.buffer.append(text.encode("utf-8", "replace"))
+
+    def text(self) -> str:
+        return self.buffer.text()
+
+    def on_record(self, record: logging.LogRecord, handler: logging.Handler) -> None:
+        import logging
+
+        self.append(handler.format(record) + "\n")
+        last_resort = logging.lastResort
+        if last_resort is not None and record.levelno >= last_resort.level and not _has_other_handlers(record, handler):
+            # Our handler hides Python's last-resort stderr output; keep it as it was.
+            self._quiet.on = True
+            try:
+                last_resort.handle(record)
+            finally:
+                self._quiet.on = False
+
+
+def _capture_handler(capture: _OutputCapture) -> logging.Handler:
+    """A root-logger handler that hands each record at INFO and above to `capture`."""
+    import logging
+
+    class CaptureHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                capture.on_record(record, self)
+            except Exception:
+                self.handleError(record)
+
+    handler = CaptureHandler(logging.INFO)
+    handler.setFormatter(logging.Formatter(_OutputCapture.FORMAT))
+    return handler
+
+
+def _has_other_handlers(record: logging.LogRecord, ours: logging.Handler) -> bool:
+    """Whether a handler besides `ours` takes the record, as Logger.callHandlers would look."""
+    import logging
+
+    node: Optional[logging.Logger] = logging.getLogger(record.name)
+    while node is not None:
+        if any(h is not ours and record.levelno >= h.level for h in node.handlers):
+            return True
+        node = node.parent if node.propagate else None
+    return False
 
 
 class _Tee:
@@ -1110,6 +1277,8 @@ def _normalise(part: str) -> str:
 
 def _decode_field(value: str) -> Any:
     if value[:1] in ("{", "["):
+        import json
+
         try:
             return json.loads(value)
         except ValueError:
@@ -1117,16 +1286,24 @@ def _decode_field(value: str) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class LinkedConnection:
+class LinkedConnection(_Record):
     """One linked connection's credentials; read a field with ``conn["field"]``.
 
-    Field values are secrets: they are never shown in the repr.
+    Immutable. Field values are secrets: they are never shown in the repr.
     """
 
+    __slots__ = ("integration", "connection_id", "fields")
     integration: str
     connection_id: str
-    fields: Mapping[str, Any] = field(repr=False)
+    fields: Mapping[str, Any]
+
+    def __init__(self, integration: str, connection_id: str, fields: Mapping[str, Any]) -> None:
+        import types
+
+        self._set(integration=integration, connection_id=connection_id, fields=types.MappingProxyType(dict(fields)))
+
+    def __hash__(self) -> int:
+        return hash((self.integration, self.connection_id))
 
     def __getitem__(self, name: str) -> Any:
         key = _normalise(name)
@@ -1151,8 +1328,6 @@ class LinkedConnection:
 
 def list_linked_connections(environ: Optional[Mapping[str, str]] = None) -> List[LinkedConnection]:
     """The connections linked to this Task, read from `environ` (default: os.environ)."""
-    import types
-
     env = os.environ if environ is None else environ
     found: Dict[Tuple[str, str], Dict[str, Any]] = {}
     for name, value in env.items():
@@ -1162,7 +1337,7 @@ def list_linked_connections(environ: Optional[Mapping[str, str]] = None) -> List
         integration, connection_id, field_name = parts
         found.setdefault((integration, connection_id), {})[field_name] = _decode_field(value)
     return [
-        LinkedConnection(integration, connection_id, types.MappingProxyType(fields))
+        LinkedConnection(integration, connection_id, fields)
         for (integration, connection_id), fields in sorted(found.items())
     ]
 
@@ -1212,6 +1387,8 @@ def _cli_error(text: str) -> None:
 
 def _describe_event(event: Any) -> str:
     """One readable line for a received event."""
+    import json
+
     if not isinstance(event, dict):
         return f"? {_shorten(json.dumps(event), 200)}"
     kind = event.get("event_type", "?")
@@ -1239,6 +1416,8 @@ class _Receiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                import json
+
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 try:
@@ -1253,6 +1432,8 @@ class _Receiver:
                 self._answer(200, {"success": True, "info": "orchestra-sdk local receiver: POST events here"})
 
             def _answer(self, status: int, payload: Dict[str, Any]) -> None:
+                import json
+
                 body = json.dumps(payload).encode()
                 head = (
                     f"HTTP/1.1 {status} {'OK' if status == 200 else 'Bad Request'}\r\n"
@@ -1324,8 +1505,11 @@ def _parser() -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line; returns the exit status (see ``orchestra-sdk --help``)."""
+    import logging
+
     args = _parser().parse_args(argv)
     # The CLI is a program: its own problems go to stderr, prefixed, whatever logging says.
+    logger = logging.getLogger(LOGGER_NAME)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"{_CLI}: %(message)s"))
     logger.addHandler(handler)
@@ -1356,6 +1540,8 @@ def _cmd_update(args: Any) -> int:
 
 
 def _cmd_output(args: Any) -> int:
+    import json
+
     try:
         value: Any = json.loads(args.value)
     except ValueError:
@@ -1543,14 +1729,9 @@ class _OutputPump:
     """Copies a child's stdout and stderr through live, keeping a bounded copy for a LOG event."""
 
     def __init__(self, child: Any, max_bytes: int) -> None:
-        import collections
         import threading
 
-        self._max = max_bytes
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._cut = 0
-        self._lock = threading.Lock()
+        self.buffer = _TailBuffer(max_bytes)
         self._stderr_tail = b""
         self._threads = [
             threading.Thread(target=self._pump, args=(child.stdout, sys.stdout, False), daemon=True),
@@ -1583,15 +1764,9 @@ class _OutputPump:
         source.close()
 
     def _keep(self, chunk: bytes, is_stderr: bool) -> None:
-        with self._lock:
-            self._chunks.append(chunk)
-            self._size += len(chunk)
-            while self._size > self._max and len(self._chunks) > 1:
-                dropped = self._chunks.popleft()
-                self._size -= len(dropped)
-                self._cut += len(dropped)
-            if is_stderr:
-                self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
+        self.buffer.append(chunk)
+        if is_stderr:
+            self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
 
     def join(self) -> None:
         for thread in self._threads:
@@ -1603,9 +1778,7 @@ class _OutputPump:
         return lines[-1] if lines else ""
 
     def text(self) -> str:
-        with self._lock:
-            data, cut = b"".join(self._chunks), self._cut
-        return _tail_text(data, self._max, cut)
+        return self.buffer.text()
 
 
 # ---------------------------------------------------------------------------------------------

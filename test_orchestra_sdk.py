@@ -1188,12 +1188,13 @@ class LogTest(SDKTestCase):
         root.setLevel(logging.INFO)
         self.addCleanup(root.removeHandler, handler)
         self.addCleanup(root.setLevel, level)
+        handlers_before = list(root.handlers)
         sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
         with sdk.run("job"):
             logging.getLogger("capture.app").info("informative")
         self.assertEqual(stream.getvalue(), "informative\n")
         self.assertIn("INFO capture.app: informative", self.log_events()[0]["data"])
-        self.assertEqual([h for h in root.handlers if isinstance(h, orchestra_sdk._OutputCapture)], [])
+        self.assertEqual(root.handlers, handlers_before)
 
     def test_exactly_one_log_event_per_outermost_run(self) -> None:
         sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
@@ -1324,10 +1325,8 @@ class LinkedConnectionTest(unittest.TestCase):
 
     def test_connection_is_frozen(self) -> None:
         conn = get_linked_connection("snowflake", environ=self.ENV)
-        import dataclasses
-
-        with self.assertRaises(dataclasses.FrozenInstanceError):
-            conn.integration = "x"  # type: ignore[misc]
+        with self.assertRaisesRegex(AttributeError, "LinkedConnection is immutable; cannot set 'integration'"):
+            conn.integration = "x"
         with self.assertRaises(TypeError):
             conn.fields["PASSWORD"] = "y"  # type: ignore[index]
 
@@ -1500,6 +1499,21 @@ class SigtermTest(unittest.TestCase):
         assert child.stdout is not None
         self.assertEqual(child.stdout.read(), "own handler\n")
         self.assertEqual(self.server.events[-1], status_event("FAILED", "job failed. Error: exit code 5"))
+
+    def test_run_in_a_worker_thread_leaves_signals_alone(self) -> None:
+        code = (
+            "import signal, threading, orchestra_sdk\n"
+            "sdk = orchestra_sdk.OrchestraSDK()\n"
+            "seen = []\n"
+            "def work():\n"
+            "    with sdk.run('job'):\n"
+            "        seen.append(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+            "thread = threading.Thread(target=work); thread.start(); thread.join()\n"
+            "print(seen)\n"
+        )
+        result = run_python(code, env=self.env)
+        self.assertEqual(result.stdout, "[True]\n", result.stderr)
+        self.assertEqual(self.server.events[-1], status_event("SUCCEEDED", "job succeeded."))
 
     def test_default_disposition_is_restored_after_the_run(self) -> None:
         code = (
