@@ -58,7 +58,10 @@ GOALS = [
 class OneWriteServer:
     """Reads one HTTP request per connection and answers 200 in one write (no delayed ACK)."""
 
-    RESPONSE = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{"success": true}'
+    RESPONSE = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n"
+        b'Connection: close\r\n\r\n{"success": true}'
+    )
 
     def __init__(self) -> None:
         self.sock = socket.socket()
