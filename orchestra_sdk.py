@@ -168,7 +168,9 @@ def _event_body(event_type: WebhookEventType, task_run_id: str, fields: Dict[str
     body.update(fields)
     import json
 
-    return json.dumps(body, allow_nan=False).encode("utf-8")
+    # Byte-compatible with the official package (requests' json.dumps with default separators and
+    # ensure_ascii). NaN cannot reach here: set_output() refuses it before building the body.
+    return json.dumps(body).encode("utf-8")
 
 
 def _clean_text(text: str) -> str:
@@ -440,6 +442,7 @@ class _Attempt(_Record):
         return self.status in policy.retry_statuses
 
 
+_DELIVERED = _Attempt(True)
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
@@ -516,7 +519,7 @@ def _attempt(opener: Any, request: Any, timeout: float) -> _Attempt:
     try:
         status = response.status
         if 200 <= status < 300:
-            return _Attempt(True, status=status)
+            return _DELIVERED
         if 300 <= status < 400:
             location = _redact_url(response.getheader("Location") or "?")
             problem = f"HTTP {status}: redirect to {location!r} not followed (the API key goes only to the webhook URL)"
@@ -544,11 +547,14 @@ def _post_event(
     opener: Any,
     webhook_url: str,
     api_key: str,
-    event_type: WebhookEventType,
+    event_type: str,
     event_body: bytes,
     policy: RetryPolicy,
 ) -> bool:
-    """POST one event, retrying within the policy; True only when Orchestra answered 2xx."""
+    """POST one event, retrying within the policy; True only when Orchestra answered 2xx.
+
+    `event_type` is the event's name, for messages.
+    """
     import urllib.request
 
     request = urllib.request.Request(
@@ -568,12 +574,12 @@ def _post_event(
         remaining = deadline_at - time.monotonic()
         attempts += 1
         timeout = min(policy.timeout, remaining)
-        _debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type.value, webhook_url, attempts, timeout)
+        _debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type, webhook_url, attempts, timeout)
         result = _attempt(opener, request, timeout)
         if result.delivered:
-            _debug("%s event delivered in %.3f s", event_type.value, time.monotonic() - started)
+            _debug("%s event delivered in %.3f s", event_type, time.monotonic() - started)
             return True
-        what = f"Orchestra did not receive the {event_type.value} event"
+        what = f"Orchestra did not receive the {event_type} event"
         if not result.retryable(policy):
             _logger().error("%s: %s (not retried).", what, result.problem)
             return False
@@ -828,7 +834,7 @@ class OrchestraSDK:
         opener = self._opener
         if opener is None or opener[0] != self.webhook_url:
             opener = self._opener = (self.webhook_url, _build_opener(self.webhook_url))
-        return _post_event(opener[1], self.webhook_url, self.api_key, event_type, event_body, self.retry_policy)
+        return _post_event(opener[1], self.webhook_url, self.api_key, event_type.value, event_body, self.retry_policy)
 
     def _send_log(self, log_name: str, text: str) -> bool:
         return self._send(WebhookEventType.LOG, {"log_name": _clean_text(log_name), "data": _clean_text(text)})
