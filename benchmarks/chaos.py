@@ -28,7 +28,7 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import orchestra_sdk  # noqa: E402 - the repo's module, not an installed one
+import orchestra_sdk
 
 TASK_RUN_ID = "0f9c3a5e-8f4e-4a4e-9b1a-2f6f3c9d7e10"
 FAULTS = ["500", "502", "503-retry-after", "429-retry-after", "drop", "reset", "garbage", "trickle", "hang"]
@@ -176,7 +176,8 @@ def main() -> int:
     lost = [m for m, ok, _ in results if not ok]
     durations = sorted(d for _, _, d in results)
     over_deadline = [d for d in durations if d > policy["deadline"]]
-    duplicates = sum(1 for m, count in server.delivered.items() if count > 1)
+    duplicates = sum(1 for count in server.delivered.values() if count > 1)
+    retried = sum(1 for count in server.seen.values() if count > 1)
     attempts = sum(server.seen.values())
     not_received = [m for m, ok, _ in results if ok and server.delivered[m] == 0]
     fault_mix: Dict[str, int] = dict(server.faults.most_common())
@@ -186,7 +187,8 @@ def main() -> int:
         ("delivered (returned True)", str(delivered)),
         ("reported lost (returned False)", str(len(lost))),
         ("returned True but never answered 2xx", str(len(not_received))),
-        ("duplicates seen by the server", str(duplicates)),
+        ("duplicates: updates answered 2xx more than once", str(duplicates)),
+        ("updates the server received more than once (retried)", str(retried)),
         ("attempts per update", f"{attempts / max(sent, 1):.2f} mean, {max(server.seen.values())} max"),
         ("time per update", f"{statistics.median(durations) * 1000:.1f} ms median, {durations[-1]:.2f} s worst"),
         ("deadline", f"{policy['deadline']:g} s; {len(over_deadline)} updates over it"),
