@@ -69,6 +69,10 @@ __all__ = [
     "main",
 ]
 
+# ---------------------------------------------------------------------------------------------
+# Plumbing: the module logger (logging is imported only when needed) and immutable records
+# ---------------------------------------------------------------------------------------------
+
 LOGGER_NAME = "orchestra_sdk"
 _WARNING, _ERROR = 30, 40  # logging.WARNING and logging.ERROR
 
@@ -90,8 +94,8 @@ def _debug(message: str, *args: Any) -> None:
 class _Record:
     """Base of the small immutable records below: a frozen dataclass, less the import.
 
-    `dataclasses` imports `inspect`, which would make importing this module three times
-    slower; these records need only immutability, equality and a repr.
+    `dataclasses` imports `inspect`, which alone costs more than the rest of this module's
+    import; these records need only immutability, equality and a repr.
     """
 
     __slots__: Tuple[str, ...] = ()
@@ -299,7 +303,7 @@ def _is_loopback(host: str) -> bool:
     if host in ("localhost", "::1", "0:0:0:0:0:0:0:1"):
         return True
     parts = host.split(".")
-    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
+    return len(parts) == 4 and parts[0] == "127" and all(p.isascii() and p.isdigit() and int(p) < 256 for p in parts)
 
 
 def _redact_url(url: str) -> str:
@@ -1197,7 +1201,7 @@ class _OutputCapture:
 
     def append(self, text: str, from_stream: bool = False) -> None:
         if not (from_stream and getattr(self._quiet, "on", False)):
-            self.buffer.append(text.encode("utf-8", "replace"))
+            self.buffer.append(_clean_text(text).encode("utf-8"))
 
     def text(self) -> str:
         return self.buffer.text()

@@ -249,6 +249,11 @@ class SDKTestCase(unittest.TestCase):
         sdk_logger.setLevel(logging.DEBUG)
         self.addCleanup(sdk_logger.setLevel, level)
         self.addCleanup(sdk_logger.removeHandler, self.log)
+        self.addCleanup(self.assert_no_secret_logged)  # every test runs with DEBUG logging on
+
+    def assert_no_secret_logged(self) -> None:
+        for line in self.log.lines:
+            self.assert_no_secret(line)
 
     def sdk(self, **kwargs: Any) -> OrchestraSDK:
         options: Dict[str, Any] = {"timeout": 1.0, "retries": 3, "deadline": 5.0, "backoff": 0.01}
@@ -344,6 +349,8 @@ class ConfigurationTest(SDKTestCase):
 
     def test_default_webhook_url(self) -> None:
         del os.environ["ORCHESTRA_WEBHOOK_URL"]
+        self.assertEqual(OrchestraSDK().webhook_url, "https://webhook.getorchestra.io")
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = "  "
         self.assertEqual(OrchestraSDK().webhook_url, "https://webhook.getorchestra.io")
 
     def test_missing_task_run_id_warns_once_and_sends_nothing(self) -> None:
@@ -1196,6 +1203,12 @@ class LogTest(SDKTestCase):
         self.assertIn("INFO capture.app: informative", self.log_events()[0]["data"])
         self.assertEqual(root.handlers, handlers_before)
 
+    def test_lone_surrogates_in_captured_output_are_replaced(self) -> None:
+        sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
+        with contextlib.redirect_stdout(io.StringIO()), sdk.run("job"):
+            print("bad \udc80 byte\x07")
+        self.assertEqual(self.log_events()[0]["data"], "bad \ufffd byte\x07\n")
+
     def test_exactly_one_log_event_per_outermost_run(self) -> None:
         sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
         with sdk.run("outer"), sdk.run("inner"):
@@ -1704,6 +1717,15 @@ class CLITest(unittest.TestCase):
         self.assertEqual(
             (events[3]["event_type"], events[3]["log_name"], events[3]["data"]), ("LOG", "stdin", "log line\n")
         )
+
+    def test_log_command_with_a_missing_file(self) -> None:
+        result = self.cli("log", "/nonexistent/orchestra.log")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr,
+            b"orchestra-sdk: No log sent to Orchestra: log file '/nonexistent/orchestra.log' not found.\n",
+        )
+        self.assertEqual(self.server.requests, [])
 
     def test_update_failures_and_misuse(self) -> None:
         self.server.default = reply(401, b'{"error": "Invalid API key"}')
