@@ -1705,6 +1705,48 @@ class CLITest(unittest.TestCase):
         self.assertEqual(wrapper.wait(WAIT), 143)
         self.assertEqual(self.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
 
+    @unittest.skipUnless(sys.platform.startswith("linux"), "a pseudo-terminal as controlling terminal")
+    def test_ctrl_c_in_a_terminal_reaches_the_command_exactly_once(self) -> None:
+        import pty
+        import select
+
+        code = (
+            "import signal, sys, time\n"
+            "count = []\n"
+            "signal.signal(signal.SIGINT, lambda *a: count.append(1))\n"
+            "print('ready', flush=True)\n"
+            "deadline = time.monotonic() + 3\n"
+            "while time.monotonic() < deadline and not count:\n"
+            "    time.sleep(0.01)\n"
+            "time.sleep(0.3)\n"
+            "print('sigints', len(count), flush=True)\n"
+        )
+        argv = [sys.executable, MODULE_FILE, "run", "--name", "job", "--", sys.executable, "-c", code]
+        pid, master = pty.fork()  # the child gets a new session with the pty as its terminal
+        if pid == 0:  # pragma: no cover - the child process
+            os.execve(sys.executable, argv, self.env)
+        self.addCleanup(os.close, master)
+        output = b""
+        deadline = time.monotonic() + WAIT
+        sent = False
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 1024)
+                except OSError:  # the terminal closed: every process on it has exited
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if b"ready" in output and not sent:
+                os.write(master, b"\x03")  # Ctrl-C, as typed
+                sent = True
+        _, status = os.waitpid(pid, 0)
+        self.assertIn(b"sigints 1", output)
+        self.assertEqual(os.WEXITSTATUS(status), 0)
+        self.assertEqual(self.statuses()[-1], ("SUCCEEDED", "job succeeded."))
+
     def test_update_output_and_log_commands(self) -> None:
         self.assertEqual(self.cli("update", "--status", "running", "--message", "hi").returncode, 0)
         self.assertEqual(self.cli("output", "rows", "42").returncode, 0)
