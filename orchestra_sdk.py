@@ -584,11 +584,12 @@ def _post_event(
             _debug("%s event delivered in %.3f s", event_type, time.monotonic() - started)
             return True
         what = f"Orchestra did not receive the {event_type} event"
+        problem = result.problem.replace(api_key, "***")  # a library error could quote the request
         if not result.retryable(policy):
-            _logger().error("%s: %s (not retried).", what, result.problem)
+            _logger().error("%s: %s (not retried).", what, problem)
             return False
         if attempts > policy.retries:
-            _logger().error("%s after %d attempts: %s.", what, attempts, result.problem)
+            _logger().error("%s after %d attempts: %s.", what, attempts, problem)
             return False
         if result.retry_after is not None:
             delay = result.retry_after
@@ -600,12 +601,12 @@ def _post_event(
             _logger().error(
                 "%s: %s; gave up after %d attempts, as the next would start past the %g s deadline.",
                 what,
-                result.problem,
+                problem,
                 attempts,
                 policy.deadline,
             )
             return False
-        _debug("attempt %d failed (%s); retrying in %.2f s", attempts, result.problem, delay)
+        _debug("attempt %d failed (%s); retrying in %.2f s", attempts, problem, delay)
         time.sleep(delay)
 
 
@@ -685,7 +686,8 @@ class OrchestraSDK:
             raise ValueError(f"backoff must be a number >= 0, not {backoff!r}")
         if isinstance(max_log_bytes, bool) or not isinstance(max_log_bytes, int) or max_log_bytes < 1024:
             raise ValueError(f"max_log_bytes must be an int >= 1024, not {max_log_bytes!r}")
-        self.api_key: Optional[str] = api_key or os.environ.get(ENV_API_KEY) or None
+        # Blanks around a key (a trailing newline from a secrets file) are never part of it.
+        self.api_key: Optional[str] = (api_key or os.environ.get(ENV_API_KEY) or "").strip() or None
         self.log_file = log_file
         self.send_logs = send_logs
         self.max_log_bytes = max_log_bytes
@@ -814,6 +816,13 @@ class OrchestraSDK:
         """(log level, reason) when no event can be sent now, else None."""
         if not self.api_key:
             return _WARNING, f"no API key: pass api_key= or set {ENV_API_KEY}"
+        if not (self.api_key.isascii() and self.api_key.isprintable()):
+            # http.client would refuse it, quoting the whole header in its error: say why, not what.
+            return (
+                _ERROR,
+                "the API key has characters that cannot go in an HTTP header "
+                "(a line break, a control or non-ASCII character)",
+            )
         if self._task_run_id is None:
             return _WARNING, self._task_run_id_problem or f"{ENV_TASK_RUN_ID} is not set"
         if self._checked_url[0] != self.webhook_url:  # check each URL once, not on every update

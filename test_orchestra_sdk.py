@@ -404,6 +404,21 @@ class ConfigurationTest(SDKTestCase):
         self.assertEqual(work(), 7)
         self.assertEqual(self.server.requests, [])
 
+    def test_blanks_around_the_api_key_are_dropped(self) -> None:
+        os.environ["ORCHESTRA_API_KEY"] = f"  {API_KEY}\n"
+        self.assertTrue(self.sdk().update_task(message="x"))
+        self.assertEqual(self.server.requests[0].headers["authorization"], f"Bearer {API_KEY}")
+
+    def test_api_key_that_cannot_go_in_a_header_is_refused_without_showing_it(self) -> None:
+        for key in (f"{API_KEY}\nX-Evil: 1", f"{API_KEY}\u2019"):
+            with self.subTest(key=repr(key)):
+                self.log.lines.clear()
+                sdk = self.sdk(api_key=key)
+                self.assertFalse(sdk.update_task(message="x"))
+                (line,) = self.log_lines("ERROR")
+                self.assertIn("the API key has characters that cannot go in an HTTP header", line)
+        self.assertEqual(self.server.requests, [])
+
     def test_repr_hides_the_api_key(self) -> None:
         text = repr(self.sdk())
         self.assert_no_secret(text)
