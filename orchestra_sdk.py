@@ -1026,7 +1026,17 @@ class _ActiveRun:
         else:
             self.sdk.update_task(status=status, message=message)
 
+    def _send_logs(self) -> None:
+        """One LOG event per outermost run: the log file when it exists, else what was captured."""
+        if self.capture is None:  # not the outermost run, or send_logs is off
+            return
+        self.capture.stop()  # the log is complete: what sending it logs does not belong in it
+        path = self.sdk.log_file
+        if not os.path.exists(path) or self.sdk._send_log_file(path) is None:
+            self.sdk._send_log(self.name, self.capture.text())
+
     def _cleanup(self) -> None:
+        """Undo what _enter did; SIGTERM handling ends only after the last report."""
         if self.capture is not None:
             self.capture.stop()
         if self.sigterm is not None:
@@ -1035,16 +1045,6 @@ class _ActiveRun:
             self.sdk._current_run.reset(self._token)
         except (ValueError, RuntimeError):  # reset from another context: set it back plainly
             self.sdk._current_run.set(None)
-
-    def _send_logs(self) -> None:
-        """One LOG event per outermost run: the log file when it exists, else what was captured."""
-        if not (self.outermost and self.sdk.send_logs):
-            return
-        path = self.sdk.log_file
-        if self.capture is None:
-            self.sdk._send_log_file(path)
-        elif not os.path.exists(path) or self.sdk._send_log_file(path) is None:
-            self.sdk._send_log(self.name, self.capture.text())
 
     def _swallow(self, exc: Optional[BaseException]) -> bool:
         return exc is not None and isinstance(exc, Exception) and not self.reraise
@@ -1068,9 +1068,9 @@ class _ActiveRun:
         self.finishing = True
         try:
             self._report_end(exc)
+            self._send_logs()
         finally:
             self._cleanup()
-            self._send_logs()
         if self._sigterm_pending(exc):
             raise SystemExit(_SIGTERM_EXIT_STATUS)
         return self._swallow(exc)
@@ -1092,9 +1092,9 @@ class _ActiveRun:
         self.finishing = True
         try:
             await _in_thread(self._report_end, exc)
+            await _in_thread(self._send_logs)
         finally:
             self._cleanup()
-            await _in_thread(self._send_logs)
         if self.sigterm is not None and self.sigterm.received:
             # SIGTERM cancelled the task; end the process as a SIGTERM would, after reporting.
             raise SystemExit(_SIGTERM_EXIT_STATUS) from exc
@@ -1203,6 +1203,7 @@ class _OutputCapture:
 
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
+            self._handler = None
         for attr, stream, tee in self._streams:
             if getattr(sys, attr) is tee:  # someone else replaced it since: leave theirs
                 setattr(sys, attr, stream)
