@@ -1458,17 +1458,7 @@ class SigtermTest(unittest.TestCase):
         self.env.pop("ORCHESTRA_SDK_WRAPPED", None)
 
     def start(self, code: str) -> subprocess.Popen[str]:
-        child = subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=HERE,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(kill_if_running, child)
-        assert child.stdout is not None
-        ready = wait_for_line(child.stdout)
+        child, ready = spawn(self, [sys.executable, "-c", code], self.env)
         self.assertEqual(ready, "ready\n")
         return child
 
@@ -1553,6 +1543,16 @@ class SigtermTest(unittest.TestCase):
         )
         result = run_python(code, env=self.env)
         self.assertEqual(result.stdout, "True\n", result.stderr)
+
+
+def spawn(test: unittest.TestCase, argv: List[str], env: Dict[str, str]) -> Tuple[subprocess.Popen[str], str]:
+    """Start a child (no stdin, text pipes out), ended with the test; return it and its first line."""
+    child = subprocess.Popen(
+        argv, cwd=HERE, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    test.addCleanup(kill_if_running, child)
+    assert child.stdout is not None
+    return child, wait_for_line(child.stdout)
 
 
 def kill_if_running(process: subprocess.Popen[Any]) -> None:
@@ -1705,17 +1705,9 @@ class CLITest(unittest.TestCase):
 
     def test_sigterm_to_the_wrapper_reaches_the_command_and_ends_cancelled(self) -> None:
         code = "import signal, sys, time\nprint('ready', flush=True)\ntime.sleep(30)\n"
-        wrapper = subprocess.Popen(
-            [sys.executable, MODULE_FILE, "run", "--name", "job", "--", sys.executable, "-c", code],
-            cwd=HERE,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        self.addCleanup(kill_if_running, wrapper)
-        assert wrapper.stdout is not None
-        self.assertEqual(wait_for_line(wrapper.stdout), b"ready\n")
+        argv = [sys.executable, MODULE_FILE, "run", "--name", "job", "--", sys.executable, "-c", code]
+        wrapper, ready = spawn(self, argv, self.env)
+        self.assertEqual(ready, "ready\n")
         wrapper.send_signal(signal.SIGTERM)
         self.assertEqual(wrapper.wait(WAIT), 143)
         self.assertEqual(self.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
@@ -1853,16 +1845,8 @@ class CLITest(unittest.TestCase):
         self.assertNotIn(API_KEY, err)
 
     def test_listen_prints_its_url_then_each_event(self) -> None:
-        listener = subprocess.Popen(
-            [sys.executable, "-u", MODULE_FILE, "listen"],
-            cwd=HERE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(kill_if_running, listener)
+        listener, first = spawn(self, [sys.executable, "-u", MODULE_FILE, "listen"], self.env)
         assert listener.stdout is not None
-        first = wait_for_line(listener.stdout)
         self.assertTrue(first.startswith("Listening on http://127.0.0.1:"), first)
         url = first.split()[2]
         env = dict(self.env, ORCHESTRA_WEBHOOK_URL=url)
