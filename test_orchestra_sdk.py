@@ -489,149 +489,137 @@ class MisuseTest(SDKTestCase):
 
 
 class TransportTest(SDKTestCase):
-    def send(self, **kwargs: Any) -> Tuple[bool, float]:
-        sdk = self.sdk(**kwargs)
+    """The fault matrix: for each fault, the result, the attempts, the deadline and the log line."""
+
+    def expect(self, *, ok: bool, attempts: Optional[int], log: str, **sdk_kwargs: Any) -> float:
+        """Send one update; check what the user sees. `log` is in the ERROR line (or, when the
+        update got through after a fault, in the DEBUG line about the failed attempt)."""
+        sdk = self.sdk(**sdk_kwargs)
         started = time.monotonic()
-        result = sdk.update_task(message="hello")
-        return result, time.monotonic() - started
+        self.assertEqual(sdk.update_task(message="hello"), ok)
+        elapsed = time.monotonic() - started
+        self.assertLessEqual(elapsed, sdk.retry_policy.deadline + 0.3)
+        if attempts is not None:
+            self.assertEqual(len(self.server.requests), attempts)
+        errors = self.log_lines("ERROR")
+        if ok:
+            self.assertEqual(errors, [])
+            if log:
+                self.assertTrue(any(log in line for line in self.log_lines("DEBUG")), self.log.lines)
+        else:
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn(log, errors[0])
+        self.assertEqual(
+            {r.body for r in self.server.requests}, {self.server.requests[0].body} if self.server.requests else set()
+        )
+        return elapsed
+
+    def reset(self) -> None:
+        self.server.requests.clear()
+        self.log.lines.clear()
 
     def test_retried_statuses_then_success(self) -> None:
         for status in (500, 502, 503, 504, 408, 429):
             with self.subTest(status=status):
-                self.server.requests.clear()
+                self.reset()
                 self.server.then(reply(status, b'{"error": "busy"}'), reply(status))
-                ok, _ = self.send()
-                self.assertTrue(ok)
-                self.assertEqual(len(self.server.requests), 3)
-                self.assertEqual(len({r.body for r in self.server.requests}), 1)  # same event each time
+                self.expect(ok=True, attempts=3, log=f"attempt 1 failed (HTTP {status}: busy)")
 
     def test_retries_exhausted_returns_false_and_logs_the_error(self) -> None:
         self.server.default = reply(503, b'{"success": false, "error": "Service unavailable"}')
-        ok, _ = self.send(retries=2)
-        self.assertFalse(ok)
-        self.assertEqual(len(self.server.requests), 3)
-        (line,) = self.log_lines("ERROR")
-        self.assertIn("after 3 attempts: HTTP 503: Service unavailable", line)
+        self.expect(ok=False, attempts=3, log="after 3 attempts: HTTP 503: Service unavailable.", retries=2)
 
     def test_client_errors_are_not_retried_and_show_orchestras_error(self) -> None:
+        body = json.dumps({"success": False, "error": "Invalid task_run_id", "code": "TASK_NOT_FOUND"}).encode()
         for status in (400, 401, 403, 404, 422):
             with self.subTest(status=status):
-                self.server.requests.clear()
-                self.log.lines.clear()
-                body = json.dumps({"success": False, "error": "Invalid task_run_id", "code": "TASK_NOT_FOUND"}).encode()
+                self.reset()
                 self.server.then(reply(status, body))
-                ok, _ = self.send()
-                self.assertFalse(ok)
-                self.assertEqual(len(self.server.requests), 1)
-                (line,) = self.log_lines("ERROR")
-                self.assertIn(f"HTTP {status}: TASK_NOT_FOUND: Invalid task_run_id (not retried)", line)
+                log = f"HTTP {status}: TASK_NOT_FOUND: Invalid task_run_id (not retried)"
+                self.expect(ok=False, attempts=1, log=log)
 
     def test_non_json_error_body_shows_its_start(self) -> None:
         self.server.then(reply(401, b"<html>\n  Unauthorized   request</html>"))
-        self.assertFalse(self.send()[0])
-        self.assertIn("HTTP 401: <html> Unauthorized request</html>", self.log_lines("ERROR")[0])
+        self.expect(ok=False, attempts=1, log="HTTP 401: <html> Unauthorized request</html> (not retried)")
 
     def test_retry_after_seconds_is_honoured(self) -> None:
-        self.server.then(reply(429, headers={"Retry-After": "1"}))
-        ok, _ = self.send(deadline=5.0)
-        self.assertTrue(ok)
+        self.server.then(reply(429, b"", {"Retry-After": "1"}))
+        self.expect(ok=True, attempts=2, log="HTTP 429: (empty body)); retrying in 1.00 s")
         first, second = self.server.requests
         self.assertGreaterEqual(second.arrived - first.arrived, 0.95)
 
     def test_retry_after_http_date_is_honoured(self) -> None:
         when = email.utils.formatdate(time.time() + 2, usegmt=True)
-        self.server.then(reply(503, headers={"Retry-After": when}))
-        ok, _ = self.send(deadline=5.0)
-        self.assertTrue(ok)
+        self.server.then(reply(503, b"", {"Retry-After": when}))
+        self.expect(ok=True, attempts=2, log="attempt 1 failed (HTTP 503")
         first, second = self.server.requests
         self.assertGreaterEqual(second.arrived - first.arrived, 0.9)
 
     def test_retry_after_past_the_deadline_gives_up_at_once(self) -> None:
-        self.server.then(reply(429, headers={"Retry-After": "120"}))
-        ok, elapsed = self.send(deadline=3.0)
-        self.assertFalse(ok)
+        self.server.then(reply(429, b"", {"Retry-After": "120"}))
+        log = "HTTP 429: (empty body); gave up after 1 attempts, as the next would start past the 3 s deadline."
+        elapsed = self.expect(ok=False, attempts=1, log=log, deadline=3.0)
         self.assertLess(elapsed, 1.0)
-        self.assertEqual(len(self.server.requests), 1)
-        self.assertIn("deadline", self.log_lines("ERROR")[0])
 
     def test_connection_refused_is_retried_then_reported(self) -> None:
         os.environ["ORCHESTRA_WEBHOOK_URL"] = f"http://127.0.0.1:{free_port()}/"
-        ok, _ = self.send(retries=2)
-        self.assertFalse(ok)
-        (line,) = self.log_lines("ERROR")
-        self.assertIn("after 3 attempts: could not connect", line)
-        self.assertIn("refused", line.lower())
+        self.expect(ok=False, attempts=None, log="after 3 attempts: could not connect: ", retries=2)
+        self.assertIn("refused", self.log_lines("ERROR")[0].lower())
 
     def test_connection_closed_before_the_status_line_is_retried(self) -> None:
         self.server.then(drop())
-        self.assertTrue(self.send()[0])
-        self.assertEqual(len(self.server.requests), 2)
+        self.expect(ok=True, attempts=2, log="RemoteDisconnected")
 
     def test_garbled_answer_is_retried(self) -> None:
         self.server.then(raw(b"NOT HTTP AT ALL\r\n\r\n"))
-        self.assertTrue(self.send()[0])
-        self.assertEqual(len(self.server.requests), 2)
+        self.expect(ok=True, attempts=2, log="BadStatusLine")
 
     def test_reset_after_success_headers_counts_as_delivered(self) -> None:
         self.server.then(reset_after_headers(200))
-        self.assertTrue(self.send()[0])
-        self.assertEqual(len(self.server.requests), 1)
+        self.expect(ok=True, attempts=1, log="")
 
     def test_reset_after_error_headers_is_retried(self) -> None:
         self.server.then(reset_after_headers(500))
-        self.assertTrue(self.send()[0])
-        self.assertEqual(len(self.server.requests), 2)
+        self.expect(ok=True, attempts=2, log="attempt 1 failed (HTTP 500: partial)")
 
     def test_truncated_success_body_counts_as_delivered(self) -> None:
         self.server.then(raw(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"succ'))
-        self.assertTrue(self.send()[0])
+        self.expect(ok=True, attempts=1, log="")
 
     def test_server_that_never_answers_is_bounded_by_the_deadline(self) -> None:
         self.server.default = hang()
-        ok, elapsed = self.send(timeout=0.4, deadline=1.5, retries=10)
-        self.assertFalse(ok)
-        self.assertLess(elapsed, 1.5 + 0.5)
-        self.assertGreaterEqual(len(self.server.requests), 2)
-        self.assertIn("no answer within", self.log_lines("ERROR")[0])
+        self.expect(ok=False, attempts=None, log="no answer within", timeout=0.4, deadline=1.5, retries=10)
+        self.assertGreaterEqual(len(self.server.requests), 3)
 
     def test_every_attempt_starts_before_the_deadline(self) -> None:
         self.server.default = hang()
-        ok, _elapsed = self.send(timeout=0.3, deadline=1.0, retries=50)
-        self.assertFalse(ok)
+        self.expect(ok=False, attempts=None, log="no answer within", timeout=0.3, deadline=1.0, retries=50)
         started = self.server.requests[0].arrived
         for request in self.server.requests:
             self.assertLess(request.arrived - started, 1.0)
 
     def test_error_body_trickling_slower_than_the_timeout(self) -> None:
         self.server.then(trickle(500, interval=0.2))
-        ok, elapsed = self.send(timeout=0.5, deadline=3.0)
-        self.assertTrue(ok)  # the slow error was cut short and retried
-        self.assertLess(elapsed, 3.0)
-        self.assertEqual(len(self.server.requests), 2)
+        self.expect(ok=True, attempts=2, log="attempt 1 failed (HTTP 500: xx", timeout=0.5, deadline=3.0)
 
     def test_success_body_trickling_is_not_waited_for(self) -> None:
         self.server.then(trickle(200, interval=0.5))
-        ok, elapsed = self.send(timeout=0.3, deadline=2.0)
-        self.assertTrue(ok)
-        self.assertLess(elapsed, 2.0)
+        elapsed = self.expect(ok=True, attempts=1, log="", timeout=0.3, deadline=2.0)
+        self.assertLess(elapsed, 0.5)
 
     def test_very_large_error_response(self) -> None:
         self.server.then(reply(500, b"E" * (8 * 1024 * 1024)))
-        self.assertTrue(self.send()[0])
-        self.assertEqual(len(self.server.requests), 2)
+        self.expect(ok=True, attempts=2, log="attempt 1 failed (HTTP 500: EEEE")
 
     def test_redirects_are_not_followed(self) -> None:
         other = Recorder()
         self.addCleanup(other.close)
         for status in (301, 302, 303, 307, 308):
             with self.subTest(status=status):
-                self.server.requests.clear()
-                self.log.lines.clear()
+                self.reset()
                 self.server.then(reply(status, b"", {"Location": other.url}))
-                ok, _ = self.send()
-                self.assertFalse(ok)
-                self.assertEqual(len(self.server.requests), 1)
-                self.assertIn(f"HTTP {status}: redirect to", self.log_lines("ERROR")[0])
+                log = f"HTTP {status}: redirect to {other.url!r} not followed"
+                self.expect(ok=False, attempts=1, log=log)
         self.assertEqual(other.requests, [])
 
     def test_plain_http_to_a_remote_host_is_refused_before_sending(self) -> None:
