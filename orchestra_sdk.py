@@ -502,24 +502,11 @@ def _read_error_body(response: Any, until: float) -> bytes:
 
 def _attempt(opener: Any, request: Any, timeout: float) -> _Attempt:
     """Send one request and classify the outcome; never raises for a network reason."""
-    import http.client
-    import ssl
-    import urllib.error
-
     started = time.monotonic()
     try:
         response = opener.open(request, timeout=timeout)
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            problem = f"the server's certificate could not be verified ({reason.verify_message})"
-            return _Attempt(False, problem)
-        problem = f"could not connect: {_describe_error(reason, timeout)}"
-        return _Attempt(False, problem, retryable_network_error=True)
-    except (OSError, http.client.HTTPException) as exc:  # resets, timeouts, garbled answers
-        return _Attempt(False, _describe_error(exc, timeout), retryable_network_error=True)
-    except Exception as exc:  # an unexpected library error: report it, never crash the Task
-        return _Attempt(False, f"unexpected error: {_describe_error(exc, timeout)}")
+    except Exception as exc:
+        return _failed_attempt(exc, timeout)
     try:
         status = response.status
         if 200 <= status < 300:
@@ -533,6 +520,23 @@ def _attempt(opener: Any, request: Any, timeout: float) -> _Attempt:
         return _Attempt(False, f"HTTP {status}: {_error_text(body)}", status, retry_after=retry_after)
     finally:
         response.close()
+
+
+def _failed_attempt(exc: Exception, timeout: float) -> _Attempt:
+    """An attempt that got no HTTP answer: a certificate problem is final, network trouble is not."""
+    import http.client
+    import ssl
+    import urllib.error
+
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return _Attempt(False, f"the server's certificate could not be verified ({reason.verify_message})")
+        return _Attempt(False, f"could not connect: {_describe_error(reason, timeout)}", retryable_network_error=True)
+    if isinstance(exc, (OSError, http.client.HTTPException)):  # resets, timeouts, garbled answers
+        return _Attempt(False, _describe_error(exc, timeout), retryable_network_error=True)
+    # An unexpected library error: report it, never crash the Task.
+    return _Attempt(False, f"unexpected error: {_describe_error(exc, timeout)}")
 
 
 def _describe_error(exc: Any, timeout: float) -> str:
