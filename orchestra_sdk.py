@@ -1705,12 +1705,7 @@ def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bo
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     output = _OutputPump(child, sdk.max_log_bytes) if send_logs else None
     try:
-        while True:
-            try:
-                returncode = child.wait()
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for safety
-                continue
+        returncode = child.wait()  # our handlers run meanwhile; PEP 475 resumes the wait
         if output is not None:
             output.join()
         killed_by = -returncode if returncode < 0 else 0
@@ -1720,12 +1715,12 @@ def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bo
         if exit_status == 0:
             sdk.update_task(status=TaskRunStatus.SUCCEEDED, message=f"{name} succeeded.")
         elif cancelled_by in (signal.SIGINT, signal.SIGTERM):
-            signame = signal.Signals(cancelled_by).name
+            signame = _signal_name(cancelled_by)
             sdk.update_task(status=TaskRunStatus.CANCELLED, message=f"{name} cancelled: received {signame}.")
         else:
             detail = f"exit code {exit_status}"
             if killed_by:
-                detail = f"killed by {signal.Signals(killed_by).name} (exit code {exit_status})"
+                detail = f"killed by {_signal_name(killed_by)} (exit code {exit_status})"
             if output is not None and output.last_error_line:
                 detail += f": {output.last_error_line}"
             sdk.update_task(status=TaskRunStatus.FAILED, message=f"{name} failed. Error: {detail[:_ERROR_TEXT_LIMIT]}")
@@ -1735,6 +1730,15 @@ def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bo
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {signum}"
 
 
 def _terminal_delivers_sigint() -> bool:
