@@ -1543,6 +1543,18 @@ def spawn(test: unittest.TestCase, argv: List[str], env: Dict[str, str]) -> Tupl
     return child, wait_for_line(child.stdout)
 
 
+def wait_for_pid(pid: int, timeout: float = WAIT) -> int:
+    """os.waitpid, bounded: a child still running after `timeout` is killed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
+
+
 def kill_if_running(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         process.kill()
@@ -1737,7 +1749,7 @@ class CLITest(unittest.TestCase):
             if b"ready" in output and not sent:
                 os.write(master, b"\x03")  # Ctrl-C, as typed
                 sent = True
-        _, status = os.waitpid(pid, 0)
+        status = wait_for_pid(pid)
         self.assertIn(b"sigints 1", output)
         self.assertEqual(os.WEXITSTATUS(status), 0)
         self.assertEqual(self.statuses()[-1], ("SUCCEEDED", "job succeeded."))
