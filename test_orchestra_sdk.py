@@ -1384,16 +1384,19 @@ class ImportTest(unittest.TestCase):
 
     def test_importing_configures_nothing(self) -> None:
         code = (
-            "import logging, os, signal, sys, threading\n"
+            "import os, signal, sys\n"
             f"sys.path.insert(0, {HERE!r})\n"
             "env = dict(os.environ); handler = signal.getsignal(signal.SIGTERM); before = set(sys.modules)\n"
             "import orchestra_sdk\n"
+            "after = set(sys.modules)\n"
+            "import logging, threading\n"
             "assert logging.getLogger().handlers == [] and logging.getLogger('orchestra_sdk').handlers == []\n"
             "assert threading.active_count() == 1 and dict(os.environ) == env\n"
             "assert signal.getsignal(signal.SIGTERM) is handler\n"
             "lazy = ('urllib.request', 'asyncio', 'argparse', 'http.server', 'http.client', 'ssl', 'socket',\n"
-            "        'typing', 'uuid', 'subprocess', 'random', 'ipaddress')\n"
-            "print([m for m in lazy if m in sys.modules and m not in before])\n"
+            "        'typing', 'uuid', 'subprocess', 'random', 'ipaddress', 'logging', 'json',\n"
+            "        'inspect', 'dataclasses')\n"
+            "print([m for m in lazy if m in after and m not in before])\n"
         )
         result = run_python(code, "-E")
         self.assertEqual(result.stderr, "")
