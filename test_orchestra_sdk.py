@@ -1490,6 +1490,24 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(child.wait(WAIT), 143)
         self.assertEqual(self.server.events[-1], status_event("CANCELLED", "job cancelled: received SIGTERM."))
 
+    def test_sigterm_during_the_final_report_waits_for_it_and_the_log(self) -> None:
+        self.server.then(reply(200), delay(1.0, reply(200)))  # the final status is answered slowly
+        code = (
+            "import orchestra_sdk\n"
+            "sdk = orchestra_sdk.OrchestraSDK(log_file='/nonexistent/x.log', send_logs=True)\n"
+            "print('ready', flush=True)\n"
+            "with sdk.run('job'):\n"
+            "    print('working')\n"
+        )
+        child = self.start(code)
+        deadline = time.monotonic() + WAIT
+        while len(self.server.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)  # while the SUCCEEDED request waits for its answer
+        self.assertEqual(child.wait(WAIT), 143)
+        kinds = [(e["event_type"], e.get("status")) for e in self.server.events]
+        self.assertEqual(kinds, [("UPDATE_STATUS", "RUNNING"), ("UPDATE_STATUS", "SUCCEEDED"), ("LOG", None)])
+
     def test_own_sigterm_handler_is_left_alone(self) -> None:
         code = (
             "import signal, sys, time, orchestra_sdk\n"
