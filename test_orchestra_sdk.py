@@ -1696,6 +1696,21 @@ class CLITest(unittest.TestCase):
         self.assertEqual(result.returncode, 128 + 9)
         self.assertEqual(self.statuses()[-1], ("FAILED", "job failed. Error: killed by SIGKILL (exit code 137)"))
 
+    @unittest.skipUnless(hasattr(signal, "SIGRTMIN"), "real-time signals")
+    def test_run_killed_by_a_signal_without_a_name(self) -> None:
+        code = "import os, signal; os.kill(os.getpid(), signal.SIGRTMIN + 1)"
+        result = self.cli("run", "--name", "job", "--", sys.executable, "-c", code)
+        signum = int(signal.SIGRTMIN) + 1
+        self.assertEqual(result.returncode, 128 + signum)
+        message = f"job failed. Error: killed by signal {signum} (exit code {128 + signum})"
+        self.assertEqual(self.statuses()[-1], ("FAILED", message))
+
+    def test_send_logs_keeps_a_long_line_without_a_newline(self) -> None:
+        code = "import sys; sys.stdout.write('x' * 100000)"
+        result = self.cli("run", "--name", "job", "--send-logs", "--", sys.executable, "-c", code)
+        self.assertEqual(result.stdout, b"x" * 100000)
+        self.assertEqual(self.server.events[-1]["data"], "x" * 100000)
+
     def test_command_not_found_and_not_executable(self) -> None:
         result = self.cli("run", "--", "no-such-command-xyz")
         self.assertEqual(result.returncode, 127)
