@@ -187,10 +187,16 @@ class Recorder:
         self.server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def refusing_port(test: unittest.TestCase) -> int:
+    """A loopback port that refuses connections for the whole test.
+
+    Bound but not listening: a port merely found free could be taken by another program
+    (another test run) before the test connects to it.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    test.addCleanup(sock.close)
+    return int(sock.getsockname()[1])
 
 
 def event(**fields: Any) -> Dict[str, Any]:
@@ -562,7 +568,7 @@ class TransportTest(SDKTestCase):
         self.assertLess(elapsed, 1.0)
 
     def test_connection_refused_is_retried_then_reported(self) -> None:
-        os.environ["ORCHESTRA_WEBHOOK_URL"] = f"http://127.0.0.1:{free_port()}/"
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = f"http://127.0.0.1:{refusing_port(self)}/"
         self.expect(ok=False, attempts=None, log="after 3 attempts: could not connect: ", retries=2)
         self.assertIn("refused", self.log_lines("ERROR")[0].lower())
 
@@ -635,7 +641,7 @@ class TransportTest(SDKTestCase):
                 self.assertIsNone(orchestra_sdk._webhook_url_problem(url))
 
     def test_loopback_ignores_proxy_variables(self) -> None:
-        os.environ["HTTP_PROXY"] = os.environ["http_proxy"] = f"http://127.0.0.1:{free_port()}"
+        os.environ["HTTP_PROXY"] = os.environ["http_proxy"] = f"http://127.0.0.1:{refusing_port(self)}"
         os.environ.pop("NO_PROXY", None)
         os.environ.pop("no_proxy", None)
         self.assertTrue(self.sdk().update_task(message="x"))
@@ -1405,7 +1411,7 @@ class ImportTest(unittest.TestCase):
             os.environ,
             ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID,
             ORCHESTRA_API_KEY=API_KEY,
-            ORCHESTRA_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/",
+            ORCHESTRA_WEBHOOK_URL=f"http://127.0.0.1:{refusing_port(self)}/",
         )
         code = "import orchestra_sdk; print(orchestra_sdk.OrchestraSDK(retries=0).update_task(message='x'))"
         result = run_python(code, env=env)
