@@ -48,6 +48,7 @@ class ChaosServer:
         self.delivered: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.stopping = threading.Event()
+        self.handlers: List[threading.Thread] = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(256)
@@ -60,7 +61,10 @@ class ChaosServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            handler = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            handler.start()
+            with self.lock:
+                self.handlers = [t for t in self.handlers if t.is_alive()] + [handler]
 
     def _read_request(self, conn: socket.socket) -> bytes:
         data = b""
@@ -129,8 +133,14 @@ class ChaosServer:
                 self.delivered[message] += 1
 
     def close(self) -> None:
+        """Stop, and let every connection's thread finish: a 2xx is counted after it is sent,
+        which can be just after the client has read it."""
         self.stopping.set()
         self.sock.close()
+        with self.lock:
+            handlers = list(self.handlers)
+        for handler in handlers:
+            handler.join(5)
 
 
 def main() -> int:
@@ -143,14 +153,16 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.15, help="share of attempts failed after the outage")
     args = parser.parse_args()
 
-    policy = {"timeout": 0.5, "retries": 4, "deadline": 10.0, "backoff": 0.05}
-    server = ChaosServer(args.seed, args.outage, args.outage_rate, args.rate, max_faults=policy["retries"])
+    policy = orchestra_sdk.RetryPolicy(timeout=0.5, retries=4, deadline=10.0, backoff=0.05)
+    server = ChaosServer(args.seed, args.outage, args.outage_rate, args.rate, max_faults=policy.retries)
     os.environ.update(
         ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY="chaos-key", ORCHESTRA_WEBHOOK_URL=server.url
     )
     logging_module = __import__("logging")
     logging_module.getLogger("orchestra_sdk").setLevel(logging_module.CRITICAL)  # the faults are expected
-    sdk = orchestra_sdk.OrchestraSDK(**policy)  # one SDK shared by every thread
+    sdk = orchestra_sdk.OrchestraSDK(  # one SDK shared by every thread
+        timeout=policy.timeout, retries=policy.retries, deadline=policy.deadline, backoff=policy.backoff
+    )
     results: List[Tuple[str, bool, float]] = []
     lock = threading.Lock()
 
@@ -175,7 +187,7 @@ def main() -> int:
     delivered = sum(ok for _, ok, _ in results)
     lost = [m for m, ok, _ in results if not ok]
     durations = sorted(d for _, _, d in results)
-    over_deadline = [d for d in durations if d > policy["deadline"]]
+    over_deadline = [d for d in durations if d > policy.deadline]
     duplicates = sum(1 for count in server.delivered.values() if count > 1)
     retried = sum(1 for count in server.seen.values() if count > 1)
     attempts = sum(server.seen.values())
@@ -191,17 +203,21 @@ def main() -> int:
         ("updates the server received more than once (retried)", str(retried)),
         ("attempts per update", f"{attempts / max(sent, 1):.2f} mean, {max(server.seen.values())} max"),
         ("time per update", f"{statistics.median(durations) * 1000:.1f} ms median, {durations[-1]:.2f} s worst"),
-        ("deadline", f"{policy['deadline']:g} s; {len(over_deadline)} updates over it"),
+        ("deadline", f"{policy.deadline:g} s; {len(over_deadline)} updates over it"),
         ("wall time", f"{wall:.1f} s"),
         ("faults injected", ", ".join(f"{k} {v}" for k, v in fault_mix.items() if k != "none")),
     ]
-    print(f"chaos run, seed {args.seed}, policy {policy}, Python {sys.version.split()[0]}")
+    shown = ", ".join(f"{k}={getattr(policy, k):g}" for k in ("timeout", "retries", "deadline", "backoff"))
+    print(f"chaos run, seed {args.seed}, policy {shown}, Python {sys.version.split()[0]}")
     print()
     print("| figure | value |")
     print("| --- | --- |")
     for label, value in rows:
         print(f"| {label} | {value} |")
     ok = not lost and not over_deadline and not not_received
+    for label, messages in (("reported lost", lost), ("returned True but never answered 2xx", not_received)):
+        if messages:
+            print(f"\n{label}: {', '.join(sorted(messages)[:20])}")
     print()
     print("PASS: nothing lost, nothing over the deadline" if ok else "FAIL: see the figures above")
     return 0 if ok else 1
