@@ -160,9 +160,8 @@ def main() -> int:
     )
     logging_module = __import__("logging")
     logging_module.getLogger("orchestra_sdk").setLevel(logging_module.CRITICAL)  # the faults are expected
-    sdk = orchestra_sdk.OrchestraSDK(  # one SDK shared by every thread
-        timeout=policy.timeout, retries=policy.retries, deadline=policy.deadline, backoff=policy.backoff
-    )
+    sdk = orchestra_sdk.OrchestraSDK()  # one SDK shared by every thread
+    sdk.retry_policy = policy
     results: List[Tuple[str, bool, float]] = []
     lock = threading.Lock()
 
