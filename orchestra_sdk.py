@@ -15,24 +15,37 @@ events to Orchestra's webhook. This one file does that, and can be vendored next
 
 Reporting never breaks the Task: a network or server problem is logged (logger
 ``orchestra_sdk``) and the call returns ``False``. Misuse (an unknown status, an output value
-that is not JSON) raises at once. The same file is a command line (``python orchestra_sdk.py
+that is not JSON) raises at once. The same file is a command line (``python3 orchestra_sdk.py
 --help``) for Tasks that are not Python, with a local receiver to try any Task end to end.
-Documentation: README.md beside this file.
+Documentation, including the wire format: README.md, shipped with this file.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
+import functools
+import inspect
+import json
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 from enum import Enum
 
-# Start-up cost is paid on every Lambda cold start and container run, so this module imports
-# only what every path needs. typing is for type checkers only; logging, json, uuid, urllib,
-# asyncio and the rest are imported by the functions that use them (see benchmarks/).
+# What nearly every run needs is imported above. These are imported where they are used, each
+# by the few paths that need it, because together they cost more than the rest of the module
+# on every Lambda cold start and container run (see benchmarks/compare.py):
+#   urllib.request, http.client, ssl, socket, email.utils, random  - the transport, only when sending
+#   asyncio                                                         - async runs
+#   uuid                                                            - only for a UUID object (3-10 ms)
+#   traceback, collections                                          - captured logs (send_logs)
+#   argparse, subprocess, http.server                               - the command line
+#   typing                                                          - type checkers only (TYPE_CHECKING)
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    import logging
     import types
     import urllib.request
     import uuid
@@ -56,12 +69,14 @@ if TYPE_CHECKING:  # pragma: no cover
     F = TypeVar("F", bound=Callable[..., Any])
 
 
-__version__ = "1.0.0"
+__version__ = "1.1.0.dev0"
 
 __all__ = [
+    "DEFAULT_WEBHOOK_URL",
     "LinkedConnection",
     "LinkedConnectionNotFoundError",
     "OrchestraSDK",
+    "RetryPolicy",
     "TaskRunStatus",
     "WebhookEventType",
     "get_linked_connection",
@@ -69,65 +84,11 @@ __all__ = [
     "main",
 ]
 
-# ---------------------------------------------------------------------------------------------
-# Plumbing: the module logger (logging is imported only when needed) and immutable records
-# ---------------------------------------------------------------------------------------------
-
 LOGGER_NAME = "orchestra_sdk"
-_WARNING, _ERROR = 30, 40  # logging.WARNING and logging.ERROR
-
-
-def _logger() -> logging.Logger:
-    """The module logger, ``orchestra_sdk``; logging is imported on first use."""
-    import logging
-
-    return logging.getLogger(LOGGER_NAME)
-
-
-def _debug(message: str, *args: Any) -> None:
-    """Log at DEBUG. When nothing has imported logging, nothing can have enabled DEBUG either."""
-    logging = sys.modules.get("logging")
-    if logging is not None:
-        logging.getLogger(LOGGER_NAME).debug(message, *args)
-
-
-class _Record:
-    """Base of the small immutable records below: a frozen dataclass, less the import.
-
-    `dataclasses` imports `inspect`, which alone costs more than the rest of this module's
-    import; these records need only immutability, equality and a repr.
-    """
-
-    __slots__: Tuple[str, ...] = ()
-
-    def _set(self, **values: Any) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable; cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable; cannot delete {name!r}")
-
-    def _values(self) -> Tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({shown})"
-
+_log = logging.getLogger(LOGGER_NAME)  # no handler: the application decides where records go
 
 # ---------------------------------------------------------------------------------------------
-# Protocol: what goes on the wire (see orchestra-protocol.md)
+# Protocol: every byte that goes on the wire, and every message a run sends
 # ---------------------------------------------------------------------------------------------
 
 
@@ -142,7 +103,7 @@ class TaskRunStatus(Enum):
 
 
 class WebhookEventType(Enum):
-    """The kinds of event the webhook accepts."""
+    """The kinds of event the webhook accepts; each has one builder below."""
 
     LOG = "LOG"
     UPDATE_STATUS = "UPDATE_STATUS"
@@ -157,24 +118,131 @@ ENV_API_KEY = "ORCHESTRA_API_KEY"
 ENV_WRAPPED = "ORCHESTRA_SDK_WRAPPED"
 
 _USER_AGENT = f"orchestra-sdk-py/{__version__} (standalone)"
-_OUTPUT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
-_ERROR_TEXT_LIMIT = 250  # characters of str(exc) in a FAILED message, as the official package
+_ERROR_TEXT_LIMIT = 250  # characters of an error in a FAILED message, as the official package
 DEFAULT_MAX_LOG_BYTES = 1_000_000
 
 
-def _event_body(event_type: WebhookEventType, task_run_id: str, fields: Dict[str, Any]) -> bytes:
-    """The one place an event's JSON is built; key order and separators match the official SDK."""
-    body: Dict[str, Any] = {
-        "event_type": event_type.value,
-        "metadata": {},
-        "task_run_id": task_run_id,
-    }
-    body.update(fields)
-    import json
+@dataclasses.dataclass(frozen=True)
+class _Event:
+    """One webhook event: its type and its own fields, in wire order."""
 
-    # Byte-compatible with the official package (requests' json.dumps with default separators and
-    # ensure_ascii). NaN cannot reach here: set_output() refuses it before building the body.
-    return json.dumps(body).encode("utf-8")
+    type: WebhookEventType
+    fields: Dict[str, Any]
+
+    def body(self, task_run_id: str) -> bytes:
+        """The request body. Key order and separators match the official package (requests'
+        ``json.dumps`` with its defaults), so the bytes are the same."""
+        envelope: Dict[str, Any] = {"event_type": self.type.value, "metadata": {}, "task_run_id": task_run_id}
+        envelope.update(self.fields)
+        return json.dumps(envelope).encode("utf-8")
+
+
+def _status_event(status: Optional[TaskRunStatus], message: Optional[str]) -> _Event:
+    """UPDATE_STATUS: a status, a message, or both; a key is left out when not given."""
+    fields: Dict[str, Any] = {}
+    if status is not None:
+        fields["status"] = status.value
+    if message is not None:
+        fields["message"] = _clean_text(message)
+    return _Event(WebhookEventType.UPDATE_STATUS, fields)
+
+
+def _output_event(name: str, value: Any) -> _Event:
+    """SET_OUTPUT: one named output and its JSON value."""
+    return _Event(WebhookEventType.SET_OUTPUT, {"output_name": name, "output_value": value})
+
+
+def _log_event(log_name: str, data: str) -> _Event:
+    """LOG: a named log text (the official package names it after the log file's path)."""
+    return _Event(WebhookEventType.LOG, {"log_name": _clean_text(log_name), "data": _clean_text(data)})
+
+
+# The wording of a run's messages: the official package's, so Orchestra shows the same text.
+
+
+def _started(name: str) -> str:
+    return f"{name} started."
+
+
+def _succeeded(name: str) -> str:
+    return f"{name} succeeded."
+
+
+def _failed(name: str, error: str) -> str:
+    return f"{name} failed. Error: {error[:_ERROR_TEXT_LIMIT]}"
+
+
+def _cancelled(name: str, signum: int = 0) -> str:
+    return f"{name} cancelled: received {_signal_name(signum)}." if signum else f"{name} cancelled."
+
+
+def _outcome(
+    name: str,
+    *,
+    exc: Optional[BaseException] = None,
+    exit_status: int = 0,
+    signum: int = 0,
+    detail: str = "",
+) -> Tuple[TaskRunStatus, str]:
+    """The final status and message of a run, however it ended: the one place that decides.
+
+    exc: what the body raised (None: it returned); exit_status: a command's exit status;
+    signum: the signal that ended or cancelled it (SIGINT and SIGTERM cancel, others fail);
+    detail: text for a failure without an exception (a command's last error line).
+    """
+    if signum in _CANCEL_SIGNALS:
+        return TaskRunStatus.CANCELLED, _cancelled(name, signum)
+    if isinstance(exc, SystemExit):
+        exit_status = _exit_status(exc.code)
+        if exit_status and not (exc.code is None or isinstance(exc.code, int)):
+            detail = detail or _safe_str(exc.code)  # sys.exit("message") prints it and exits 1
+    elif exc is not None:
+        if _is_cancellation(exc):
+            return TaskRunStatus.CANCELLED, _cancelled(name)
+        return TaskRunStatus.FAILED, _failed(name, _safe_str(exc) or type(exc).__name__)
+    if signum:
+        error = f"killed by {_signal_name(signum)} (exit code {128 + signum})"
+    elif exit_status == 0:
+        return TaskRunStatus.SUCCEEDED, _succeeded(name)
+    else:
+        error = f"exit code {exit_status}"
+    return TaskRunStatus.FAILED, _failed(name, f"{error}: {detail}" if detail else error)
+
+
+_CANCEL_SIGNALS = frozenset(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
+_SIGTERM_EXIT_STATUS = 128 + int(getattr(signal, "SIGTERM", 15))  # what a shell reports for a process it ended
+
+
+def _exit_status(code: object) -> int:
+    """The exit status the interpreter gives ``sys.exit(code)``: None is 0, an int is taken
+    modulo 256 by the system, anything else (a message, 0.0, Decimal(0)) is printed and exits 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF if -(2**31) <= code < 2**31 else 1
+    return 1
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    asyncio = sys.modules.get("asyncio")  # a CancelledError exists only once asyncio is loaded
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {signum}"
+
+
+def _safe_str(value: object) -> str:
+    """str(value), or '' when its __str__ raises: describing a failure must not fail."""
+    try:
+        return str(value)
+    except Exception:
+        return ""
 
 
 def _clean_text(text: str) -> str:
@@ -199,6 +267,9 @@ def _coerce_status(status: Union[TaskRunStatus, str]) -> TaskRunStatus:
     raise TypeError(f"status must be a TaskRunStatus or a status name, not {type(status).__name__}")
 
 
+_OUTPUT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
+
+
 def _check_output_name(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"output name must be a str, not {type(name).__name__}")
@@ -210,8 +281,6 @@ def _check_output_name(name: str) -> str:
 
 
 def _check_output_value(name: str, value: Any) -> None:
-    import json
-
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -219,6 +288,30 @@ def _check_output_value(name: str, value: Any) -> None:
             f"output {name!r} must be a JSON value (str, int, float, bool, None, "
             f"or lists and dicts of them; no NaN or infinity): {exc}"
         ) from None
+
+
+def _describe_event(event: Any) -> str:
+    """One readable line for an event as received (the local receiver prints these)."""
+    if not isinstance(event, dict):
+        return f"? {_shorten(json.dumps(event), 200)}"
+    kind = event.get("event_type", "?")
+    if kind == WebhookEventType.UPDATE_STATUS.value:
+        parts = [str(event["status"])] if "status" in event else []
+        if "message" in event:
+            parts.append(json.dumps(_shorten(str(event["message"]), 300), ensure_ascii=False))
+        return f"{kind} {' '.join(parts)}"
+    if kind == WebhookEventType.SET_OUTPUT.value:
+        value = _shorten(json.dumps(event.get("output_value"), ensure_ascii=False), 200)
+        return f"{kind} {event.get('output_name')} = {value}"
+    if kind == WebhookEventType.LOG.value:
+        data = str(event.get("data", ""))
+        size, lines = len(data.encode("utf-8", "replace")), data.count("\n")
+        return f"{kind} {event.get('log_name')} ({size} bytes, {lines} lines)"
+    return f"{kind} {_shorten(json.dumps(event, ensure_ascii=False), 200)}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,16 +328,13 @@ class LinkedConnectionNotFoundError(LookupError):
 # ---------------------------------------------------------------------------------------------
 
 
-class _Config(_Record):
-    """What the SDK needs to report, and why it cannot when the task run id is missing."""
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """Where to report: the run (canonical id, as sent) and the webhook, or why the id is unusable."""
 
-    __slots__ = ("task_run_id", "task_run_id_problem", "webhook_url")
-    task_run_id: Optional[str]  # canonical form, as sent
+    task_run_id: Optional[str]
     task_run_id_problem: Optional[str]
     webhook_url: str
-
-    def __init__(self, task_run_id: Optional[str], task_run_id_problem: Optional[str], webhook_url: str) -> None:
-        self._set(task_run_id=task_run_id, task_run_id_problem=task_run_id_problem, webhook_url=webhook_url)
 
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -253,7 +343,7 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 def _canonical_uuid(text: str) -> Optional[str]:
     """The canonical form (lower case, 8-4-4-4-12) of anything `uuid.UUID` accepts, or None.
 
-    Parsed by hand: `uuid` imports `platform`, and most runs never need a UUID object.
+    Parsed here because every run needs it and `uuid` costs 3-10 ms of start-up.
     """
     digits = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
     if len(digits) != 32 or not set(digits) <= _HEX_DIGITS:
@@ -345,8 +435,17 @@ def _webhook_url_problem(url: str) -> Optional[str]:
     return None
 
 
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _api_key_problem(api_key: Optional[str]) -> Optional[str]:
+    """Why a key cannot be sent, or None. Says why, never what: the key is a secret."""
+    if not api_key:
+        return f"no API key: pass api_key= or set {ENV_API_KEY}"
+    if not (api_key.isascii() and api_key.isprintable()):
+        # http.client would refuse it, quoting the whole header in its error.
+        return (
+            "the API key has characters that cannot go in an HTTP header "
+            "(a line break, a control or non-ASCII character)"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,48 +453,78 @@ def _shorten(text: str, limit: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class _Attempt:
+    """What one attempt came to: delivered, or an HTTP status or network problem."""
+
+    delivered: bool
+    problem: str = ""
+    status: Optional[int] = None  # None: no HTTP answer (a network problem)
+    retryable_network_error: bool = False
+    retry_after: Optional[float] = None
+
+
+_DELIVERED = _Attempt(True)
 _RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
 
 
-class RetryPolicy(_Record):
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
     """How one event is delivered: attempts, which failures are retried, and how long in all.
 
     timeout: seconds for one attempt (each socket operation, see README); retries: extra
     attempts after the first; deadline: seconds for the whole update, every attempt and wait;
-    backoff: the first wait, doubled each retry up to backoff_max, with jitter.
+    backoff: the first wait, doubled each retry up to backoff_max, with jitter; retry_statuses:
+    the HTTP statuses worth another attempt (network errors always are). Validated on creation.
     """
 
-    __slots__ = ("timeout", "retries", "deadline", "backoff", "backoff_max", "retry_statuses")
-    timeout: float
-    retries: int
-    deadline: float
-    backoff: float
-    backoff_max: float
-    retry_statuses: FrozenSet[int]
+    timeout: float = 10.0
+    retries: int = 3
+    deadline: float = 30.0
+    backoff: float = 0.5
+    backoff_max: float = 8.0
+    retry_statuses: FrozenSet[int] = _RETRY_STATUSES
 
-    def __init__(
-        self,
-        timeout: float = 10.0,
-        retries: int = 3,
-        deadline: float = 30.0,
-        backoff: float = 0.5,
-        backoff_max: float = 8.0,
-        retry_statuses: FrozenSet[int] = _RETRY_STATUSES,
-    ) -> None:
-        self._set(
-            timeout=timeout,
-            retries=retries,
-            deadline=deadline,
-            backoff=backoff,
-            backoff_max=backoff_max,
-            retry_statuses=retry_statuses,
-        )
+    def __post_init__(self) -> None:
+        for name in ("timeout", "deadline"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
+        for name in ("backoff", "backoff_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {self.retries!r}")
+        try:
+            statuses: FrozenSet[Any] = frozenset(self.retry_statuses)
+        except TypeError:
+            statuses = frozenset({None})  # refused just below
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses):
+            raise ValueError(f"retry_statuses must be HTTP statuses (ints 100-599), not {self.retry_statuses!r}")
+        for name in ("timeout", "deadline", "backoff", "backoff_max"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "retry_statuses", statuses)
 
+    def backoff_delay(self, retry_number: int, jitter: float) -> float:
+        """The wait before retry `retry_number` (1-based); `jitter` in [0, 1) spreads clients out."""
+        base = min(self.backoff_max, self.backoff * 2.0 ** (retry_number - 1))
+        return base * (0.5 + jitter / 2)
 
-def _backoff_delay(policy: RetryPolicy, retry_number: int, jitter: float) -> float:
-    """The wait before retry `retry_number` (1-based); `jitter` in [0, 1) spreads clients out."""
-    base = min(policy.backoff_max, policy.backoff * 2.0 ** (retry_number - 1))
-    return base * (0.5 + jitter / 2)
+    def next_wait(
+        self, attempts: int, result: _Attempt, remaining: float, jitter: float
+    ) -> Tuple[Optional[float], str]:
+        """After `attempts` failed with `result`: (seconds to wait, "") before another attempt, or
+        (None, why not): "final" (not worth retrying), "exhausted" or "deadline"."""
+        retryable = result.retryable_network_error if result.status is None else result.status in self.retry_statuses
+        if not retryable:
+            return None, "final"
+        if attempts > self.retries:
+            return None, "exhausted"
+        delay = result.retry_after if result.retry_after is not None else self.backoff_delay(attempts, jitter)
+        if delay >= remaining:
+            return None, "deadline"
+        return delay, ""
 
 
 def _parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
@@ -403,7 +532,7 @@ def _parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # '²'.isdigit() is true too, and float() refuses it
         return float(value)
     from email.utils import parsedate_to_datetime
 
@@ -414,39 +543,6 @@ def _parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
     return max(0.0, when - now)
 
 
-class _Attempt(_Record):
-    """What one attempt came to: delivered, or an HTTP status or network problem."""
-
-    __slots__ = ("delivered", "problem", "status", "retryable_network_error", "retry_after")
-    delivered: bool
-    problem: str
-    status: Optional[int]  # None: no HTTP answer (a network problem)
-    retryable_network_error: bool
-    retry_after: Optional[float]
-
-    def __init__(
-        self,
-        delivered: bool,
-        problem: str = "",
-        status: Optional[int] = None,
-        retryable_network_error: bool = False,
-        retry_after: Optional[float] = None,
-    ) -> None:
-        self._set(
-            delivered=delivered,
-            problem=problem,
-            status=status,
-            retryable_network_error=retryable_network_error,
-            retry_after=retry_after,
-        )
-
-    def retryable(self, policy: RetryPolicy) -> bool:
-        if self.status is None:
-            return self.retryable_network_error
-        return self.status in policy.retry_statuses
-
-
-_DELIVERED = _Attempt(True)
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
@@ -470,8 +566,6 @@ def _build_opener(webhook_url: str) -> urllib.request.OpenerDirector:
 
 def _error_text(body: bytes) -> str:
     """Orchestra's error message from a response body: JSON code/error/message, else its start."""
-    import json
-
     text = body.decode("utf-8", "replace").strip()
     try:
         parsed = json.loads(text)
@@ -518,6 +612,8 @@ def _attempt(opener: Any, request: Any, timeout: float) -> _Attempt:
         body = _read_error_body(response, started + timeout)
         retry_after = _parse_retry_after(response.getheader("Retry-After"), time.time())
         return _Attempt(False, f"HTTP {status}: {_error_text(body)}", status, retry_after=retry_after)
+    except Exception as exc:  # whatever a hostile answer does, it is a failed attempt
+        return _failed_attempt(exc, timeout)
     finally:
         response.close()
 
@@ -547,7 +643,7 @@ def _describe_error(exc: Any, timeout: float) -> str:
         return f"no answer within {timeout:g} s"
     if not isinstance(exc, BaseException):
         return str(exc)
-    text, kind = str(exc), type(exc).__name__
+    text, kind = _safe_str(exc), type(exc).__name__
     return f"{kind}: {text}" if text and kind not in text else (text or kind)
 
 
@@ -580,29 +676,29 @@ def _post_event(
     attempts = 0
     while True:
         remaining = deadline_at - time.monotonic()
+        if remaining <= 0:  # a retry's sleep overshot: no attempt starts after the deadline
+            _log.error("Orchestra did not receive the %s event: the %g s deadline passed.", event_type, policy.deadline)
+            return False
         attempts += 1
         timeout = min(policy.timeout, remaining)
-        _debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type, webhook_url, attempts, timeout)
+        _log.debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type, webhook_url, attempts, timeout)
         result = _attempt(opener, request, timeout)
         if result.delivered:
-            _debug("%s event delivered in %.3f s", event_type, time.monotonic() - started)
+            _log.debug("%s event delivered in %.3f s", event_type, time.monotonic() - started)
             return True
+        import random
+
         what = f"Orchestra did not receive the {event_type} event"
         problem = result.problem.replace(api_key, "***")  # a library error could quote the request
-        if not result.retryable(policy):
-            _logger().error("%s: %s (not retried).", what, problem)
+        delay, stop = policy.next_wait(attempts, result, deadline_at - time.monotonic(), random.random())
+        if stop == "final":
+            _log.error("%s: %s (not retried).", what, problem)
             return False
-        if attempts > policy.retries:
-            _logger().error("%s after %d attempts: %s.", what, attempts, problem)
+        if stop == "exhausted":
+            _log.error("%s after %d attempts: %s.", what, attempts, problem)
             return False
-        if result.retry_after is not None:
-            delay = result.retry_after
-        else:
-            import random
-
-            delay = _backoff_delay(policy, attempts, random.random())
-        if time.monotonic() + delay >= deadline_at:
-            _logger().error(
+        if delay is None:
+            _log.error(
                 "%s: %s; gave up after %d attempts, as the next would start past the %g s deadline.",
                 what,
                 problem,
@@ -610,7 +706,7 @@ def _post_event(
                 policy.deadline,
             )
             return False
-        _debug("attempt %d failed (%s); retrying in %.2f s", attempts, problem, delay)
+        _log.debug("attempt %d failed (%s); retrying in %.2f s", attempts, problem, delay)
         time.sleep(delay)
 
 
@@ -663,62 +759,92 @@ class OrchestraSDK:
 
     ``api_key`` falls back to ``ORCHESTRA_API_KEY``; the task run id and webhook URL come
     from ``ORCHESTRA_TASK_RUN_ID`` and ``ORCHESTRA_WEBHOOK_URL`` (or a Lambda event). Every
-    method that reports returns ``True`` only when Orchestra accepted the event.
+    method that reports returns ``True`` only when Orchestra accepted the event. ``timeout``,
+    ``retries``, ``deadline`` and ``backoff`` override fields of ``retry_policy`` (default
+    `RetryPolicy()`).
     """
+
+    _config: _Config
 
     def __init__(
         self,
         api_key: Optional[str] = None,
-        log_file: str = "orchestra.log",
+        log_file: Union[str, os.PathLike[str]] = "orchestra.log",
         send_logs: bool = False,
         *,
-        timeout: float = 10.0,
-        retries: int = 3,
-        deadline: float = 30.0,
-        backoff: float = 0.5,
+        timeout: Optional[float] = None,
+        retries: Optional[int] = None,
+        deadline: Optional[float] = None,
+        backoff: Optional[float] = None,
+        retry_policy: Optional[RetryPolicy] = None,
         max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
     ) -> None:
-        import contextvars
-
         if api_key is not None and not isinstance(api_key, str):
             raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
-        _check_positive("timeout", timeout)
-        _check_positive("deadline", deadline)
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 0:
-            raise ValueError(f"backoff must be a number >= 0, not {backoff!r}")
         if isinstance(max_log_bytes, bool) or not isinstance(max_log_bytes, int) or max_log_bytes < 1024:
             raise ValueError(f"max_log_bytes must be an int >= 1024, not {max_log_bytes!r}")
+        overrides: Dict[str, Any] = {"timeout": timeout, "retries": retries, "deadline": deadline, "backoff": backoff}
+        policy = RetryPolicy() if retry_policy is None else retry_policy
+        if not isinstance(policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a RetryPolicy, not {type(policy).__name__}")
+        self.retry_policy = dataclasses.replace(policy, **{k: v for k, v in overrides.items() if v is not None})
         # Blanks around a key (a trailing newline from a secrets file) are never part of it.
         self.api_key: Optional[str] = (api_key or os.environ.get(ENV_API_KEY) or "").strip() or None
         self.log_file = log_file
         self.send_logs = send_logs
         self.max_log_bytes = max_log_bytes
-        self.retry_policy = RetryPolicy(
-            timeout=float(timeout), retries=retries, deadline=float(deadline), backoff=float(backoff)
-        )
         self._apply_config(_read_config(os.environ))
         self._opener: Optional[Tuple[str, Any]] = None
+        self._url_problems: Dict[str, Optional[str]] = {}
         self._current_run: contextvars.ContextVar[Optional[_ActiveRun]] = contextvars.ContextVar(
             "orchestra_sdk_run", default=None
         )
 
-    def _apply_config(self, config: _Config) -> None:
-        self._task_run_id = config.task_run_id
-        self._task_run_id_problem = config.task_run_id_problem
-        self.webhook_url: str = config.webhook_url
-        self._warned: Set[str] = set()
-        self._checked_url: Tuple[str, Optional[str]] = ("", None)
+    # -- configuration ------------------------------------------------------------------------
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """How each event is delivered; assign a `RetryPolicy` to change it."""
+        return self._retry_policy
+
+    @retry_policy.setter
+    def retry_policy(self, policy: RetryPolicy) -> None:
+        if not isinstance(policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a RetryPolicy, not {type(policy).__name__}")
+        self._retry_policy = policy
+
+    @property
+    def log_file(self) -> str:
+        """The log file sent as the LOG event when ``send_logs`` is on (a str or path-like)."""
+        return self._log_file
+
+    @log_file.setter
+    def log_file(self, path: Union[str, os.PathLike[str]]) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"log_file must be a str or os.PathLike, not {type(path).__name__}")
+        self._log_file = os.fspath(path)
+        if not isinstance(self._log_file, str):
+            raise TypeError(f"log_file must name a path as text, not {type(self._log_file).__name__}")
+
+    @property
+    def webhook_url(self) -> str:
+        """Where events go: ``ORCHESTRA_WEBHOOK_URL``, the Lambda event's, or the default."""
+        return self._config.webhook_url
+
+    @webhook_url.setter
+    def webhook_url(self, url: str) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"webhook_url must be a str, not {type(url).__name__}")
+        self._config = dataclasses.replace(self._config, webhook_url=url)
 
     @property
     def task_run_id(self) -> Optional[uuid.UUID]:
         """The run reported on; assign a UUID or its string form when the environment lacks it."""
-        if self._task_run_id is None:
+        if self._config.task_run_id is None:
             return None
         import uuid
 
-        return uuid.UUID(self._task_run_id)
+        return uuid.UUID(self._config.task_run_id)
 
     @task_run_id.setter
     def task_run_id(self, value: Union[uuid.UUID, str, None]) -> None:
@@ -733,38 +859,12 @@ class OrchestraSDK:
                 raise ValueError(f"{problem}; expected e.g. '0f9c3a5e-8f4e-4a4e-9b1a-2f6f3c9d7e10'")
         else:
             raise TypeError(f"task_run_id must be a uuid.UUID or str, not {type(value).__name__}")
-        self._task_run_id, self._task_run_id_problem = parsed, problem
-        self._warned = set()
+        self._apply_config(_Config(parsed, problem, self.webhook_url))
 
-    def __repr__(self) -> str:
-        key = "set" if self.api_key else "missing"
-        url = _redact_url(self.webhook_url)
-        return f"OrchestraSDK(task_run_id={self.task_run_id!s}, webhook_url={url!r}, api_key=<{key}>)"
-
-    # -- reporting ------------------------------------------------------------------------
-
-    def update_task(self, status: Union[TaskRunStatus, str, None] = None, message: Optional[str] = None) -> bool:
-        """Send a status, a message, or both. Returns True only when Orchestra answered 2xx.
-
-        Raises ValueError for an unknown status or when neither is given, TypeError for a
-        status or message of the wrong type.
-        """
-        if message is not None and not isinstance(message, str):
-            raise TypeError(f"message must be a str, not {type(message).__name__}")
-        if status is None and not message:
-            raise ValueError("update_task() needs a status, a non-empty message, or both")
-        fields: Dict[str, Any] = {}
-        if status is not None:
-            fields["status"] = _coerce_status(status).value
-        if message:
-            fields["message"] = _clean_text(message)
-        return self._send(WebhookEventType.UPDATE_STATUS, fields)
-
-    def set_output(self, name: str, value: Any) -> bool:
-        """Set a Task output: `name` is letters, '_' and '-'; `value` any JSON value."""
-        _check_output_name(name)
-        _check_output_value(name, value)
-        return self._send(WebhookEventType.SET_OUTPUT, {"output_name": name, "output_value": value})
+    def _apply_config(self, config: _Config) -> None:
+        """Take a new configuration; the one-time warnings may be given again for it."""
+        self._config = config
+        self._warned: Set[str] = set()
 
     def configure_aws_lambda_event(self, event: Mapping[str, Any]) -> None:
         """Take the task run id and webhook URL from a Lambda invocation event.
@@ -778,10 +878,35 @@ class OrchestraSDK:
         self._apply_config(config)
         if config.task_run_id is None:
             problem = config.task_run_id_problem or "no task run id"
-            _logger().warning("Orchestra is not configured for this invocation: %s; updates will be skipped.", problem)
+            _log.warning("Orchestra is not configured for this invocation: %s; updates will be skipped.", problem)
             self._warned.add(problem)  # said once here, not again at the first update
             return
         self.log_file = f"/tmp/{config.task_run_id}_{random.randint(0, 10000)}.log"
+
+    def __repr__(self) -> str:
+        key = "set" if self.api_key else "missing"
+        url = _redact_url(self.webhook_url)
+        return f"OrchestraSDK(task_run_id={self._config.task_run_id}, webhook_url={url!r}, api_key=<{key}>)"
+
+    # -- reporting: one method per event type -------------------------------------------------
+
+    def update_task(self, status: Union[TaskRunStatus, str, None] = None, message: Optional[str] = None) -> bool:
+        """Send a status, a message, or both. Returns True only when Orchestra answered 2xx.
+
+        Raises ValueError for an unknown status or when neither is given, TypeError for a
+        status or message of the wrong type.
+        """
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"message must be a str, not {type(message).__name__}")
+        if status is None and not message:
+            raise ValueError("update_task() needs a status, a non-empty message, or both")
+        return self._send(_status_event(None if status is None else _coerce_status(status), message or None))
+
+    def set_output(self, name: str, value: Any) -> bool:
+        """Set a Task output: `name` is letters, '_' and '-'; `value` any JSON value."""
+        _check_output_name(name)
+        _check_output_value(name, value)
+        return self._send(_output_event(name, value))
 
     def list_linked_connections(self) -> List[LinkedConnection]:
         """The connections linked to this Task (see `list_linked_connections`)."""
@@ -816,58 +941,51 @@ class OrchestraSDK:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _cannot_report(self) -> Optional[Tuple[int, str]]:
-        """(log level, reason) when no event can be sent now, else None."""
-        if not self.api_key:
-            return _WARNING, f"no API key: pass api_key= or set {ENV_API_KEY}"
-        if not (self.api_key.isascii() and self.api_key.isprintable()):
-            # http.client would refuse it, quoting the whole header in its error: say why, not what.
-            return (
-                _ERROR,
-                "the API key has characters that cannot go in an HTTP header "
-                "(a line break, a control or non-ASCII character)",
-            )
-        if self._task_run_id is None:
-            return _WARNING, self._task_run_id_problem or f"{ENV_TASK_RUN_ID} is not set"
-        if self._checked_url[0] != self.webhook_url:  # check each URL once, not on every update
-            self._checked_url = (self.webhook_url, _webhook_url_problem(self.webhook_url))
-        problem = self._checked_url[1]
-        return (_ERROR, problem) if problem else None
-
-    def _send(self, event_type: WebhookEventType, fields: Dict[str, Any]) -> bool:
-        blocked = self._cannot_report()
+    def _send(self, event: _Event) -> bool:
+        """Deliver one event, or say once why it cannot be. One snapshot of the configuration is
+        checked and used, so a thread changing it meanwhile cannot redirect the key."""
+        config, api_key = self._config, self.api_key
+        blocked = self._cannot_report(config, api_key)
         if blocked is not None:
             level, reason = blocked
             if reason in self._warned:
-                _debug("%s event not sent: %s", event_type.value, reason)
+                _log.debug("%s event not sent: %s", event.type.value, reason)
             else:
                 self._warned.add(reason)
-                _logger().log(
-                    level, "Cannot report to Orchestra: %s. Updates are skipped; the Task itself runs on.", reason
-                )
+                _log.log(level, "Cannot report to Orchestra: %s. Updates are skipped; the Task itself runs on.", reason)
             return False
-        assert self._task_run_id is not None and self.api_key is not None
-        event_body = _event_body(event_type, self._task_run_id, fields)
+        assert config.task_run_id is not None and api_key is not None
         opener = self._opener
-        if opener is None or opener[0] != self.webhook_url:
-            opener = self._opener = (self.webhook_url, _build_opener(self.webhook_url))
-        return _post_event(opener[1], self.webhook_url, self.api_key, event_type.value, event_body, self.retry_policy)
+        if opener is None or opener[0] != config.webhook_url:
+            opener = self._opener = (config.webhook_url, _build_opener(config.webhook_url))
+        body = event.body(config.task_run_id)
+        return _post_event(opener[1], config.webhook_url, api_key, event.type.value, body, self._retry_policy)
 
     def _send_log(self, log_name: str, text: str) -> bool:
-        return self._send(WebhookEventType.LOG, {"log_name": _clean_text(log_name), "data": _clean_text(text)})
+        return self._send(_log_event(log_name, text))
+
+    def _cannot_report(self, config: _Config, api_key: Optional[str]) -> Optional[Tuple[int, str]]:
+        """(log level, reason) when no event can be sent with this configuration, else None."""
+        problem = _api_key_problem(api_key)
+        if problem is not None:
+            return (logging.ERROR if api_key else logging.WARNING), problem
+        if config.task_run_id is None:
+            return logging.WARNING, config.task_run_id_problem or f"{ENV_TASK_RUN_ID} is not set"
+        problem = self._url_problem(config.webhook_url)
+        return (logging.ERROR, problem) if problem else None
+
+    def _url_problem(self, url: str) -> Optional[str]:
+        if url not in self._url_problems:  # check each URL once, not on every update
+            self._url_problems[url] = _webhook_url_problem(url)
+        return self._url_problems[url]
 
     def _send_log_file(self, path: str) -> Optional[bool]:
         """Send a log file; None (with a warning) when it cannot be read."""
         text, problem = _read_log_file(path, self.max_log_bytes)
         if text is None:
-            _logger().warning("No log sent to Orchestra: %s.", problem)
+            _log.warning("No log sent to Orchestra: %s.", problem)
             return None
         return self._send_log(path, text)
-
-
-def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -875,55 +993,13 @@ def _check_positive(name: str, value: float) -> None:
 # ---------------------------------------------------------------------------------------------
 
 DEFAULT_RUN_NAME = "task"
-_SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM, what a shell reports for a process it ended
-
-
-def _exception_text(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:
-        text = ""
-    return text[:_ERROR_TEXT_LIMIT] or type(exc).__name__
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, KeyboardInterrupt):
-        return True
-    asyncio = sys.modules.get("asyncio")  # a CancelledError exists only once asyncio is loaded
-    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
-
-
-def _outcome(name: str, exc: Optional[BaseException], sigterm: bool) -> Tuple[TaskRunStatus, str]:
-    """The final status and message for a run that ended with `exc` (None: it returned)."""
-    if exc is None:
-        return TaskRunStatus.SUCCEEDED, f"{name} succeeded."
-    if sigterm:
-        return TaskRunStatus.CANCELLED, f"{name} cancelled: received SIGTERM."
-    if _is_cancellation(exc):
-        return TaskRunStatus.CANCELLED, f"{name} cancelled."
-    if isinstance(exc, SystemExit):
-        if exc.code is None or exc.code == 0:
-            return TaskRunStatus.SUCCEEDED, f"{name} succeeded."
-        return TaskRunStatus.FAILED, f"{name} failed. Error: exit code {_shorten(str(exc.code), 200)}"
-    return TaskRunStatus.FAILED, f"{name} failed. Error: {_exception_text(exc)}"
-
-
-_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
-
-
-def _is_coroutine_function(func: Any) -> bool:
-    """inspect.iscoroutinefunction, without importing inspect (about 10 ms of start-up)."""
-    import functools
-
-    while isinstance(func, functools.partial):
-        func = func.func
-    func = getattr(func, "__func__", func)  # a bound method
-    code = getattr(func, "__code__", None)
-    return bool(code is not None and code.co_flags & _CO_COROUTINE) or hasattr(func, "_is_coroutine_marker")
 
 
 class _Run:
-    """What `OrchestraSDK.run()` returns: a decorator, a context manager and an async one."""
+    """What `OrchestraSDK.run()` returns: a decorator, a context manager and an async one.
+
+    Each call of a decorated function, and each ``with`` block, is a fresh `_ActiveRun`.
+    """
 
     def __init__(self, sdk: OrchestraSDK, name: Optional[str], reraise: bool) -> None:
         self._sdk = sdk
@@ -932,63 +1008,51 @@ class _Run:
         self._active: List[_ActiveRun] = []
 
     def __call__(self, func: F) -> F:
-        import functools
-
         name = self._name or getattr(func, "__name__", None) or DEFAULT_RUN_NAME
         sdk, reraise = self._sdk, self._reraise
-        if _is_coroutine_function(func):
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"run() cannot report the generator function {name!r}: it would be SUCCEEDED before its "
+                f"first item. Report the code that consumes it: `with orchestra.run({name!r}): for item in ...`"
+            )
+        if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                active = _ActiveRun(sdk, name, reraise)
-                await active.astart()
-                try:
-                    result = await func(*args, **kwargs)
-                except BaseException as exc:
-                    if await active.afinish(exc):
-                        return None
-                    raise
-                await active.afinish(None)
-                return result
+                async with _ActiveRun(sdk, name, reraise):
+                    return await func(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            active = _ActiveRun(sdk, name, reraise)
-            active.start()
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                if active.finish(exc):
-                    return None
-                raise
-            active.finish(None)
-            return result
+            with _ActiveRun(sdk, name, reraise):
+                return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
     def __enter__(self) -> _Run:
         active = _ActiveRun(self._sdk, self._name or DEFAULT_RUN_NAME, self._reraise)
-        active.start()
+        active.__enter__()
         self._active.append(active)
         return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        return self._active.pop().finish(exc)
+        return self._active.pop().__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> _Run:
         active = _ActiveRun(self._sdk, self._name or DEFAULT_RUN_NAME, self._reraise)
-        await active.astart()
+        await active.__aenter__()
         self._active.append(active)
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        return await self._active.pop().afinish(exc)
+        return await self._active.pop().__aexit__(exc_type, exc, tb)
 
 
 class _ActiveRun:
-    """One execution of a run: reports its start and end, and owns its SIGTERM and capture."""
+    """One execution of a run, as a context manager (sync or async): reports its start and how it
+    ended, and owns the SIGTERM handling and output capture of an outermost run."""
 
     def __init__(self, sdk: OrchestraSDK, name: str, reraise: bool) -> None:
         self.sdk = sdk
@@ -997,13 +1061,57 @@ class _ActiveRun:
         self.outermost = sdk._current_run.get() is None
         # A step only sends messages, so it can never mark the whole Task as finished.
         self.is_step = not self.outermost or bool(os.environ.get(ENV_WRAPPED))
+        self.pid = os.getpid()  # a forked child must never report its parent's run
         self.finishing = False
         self.sigterm: Optional[_SigtermGuard] = None
         self.capture: Optional[_OutputCapture] = None
         self.task: Any = None  # the asyncio task, for async runs
         self._token: Any = None
 
-    # -- the two reports ------------------------------------------------------------------------
+    # -- sync -----------------------------------------------------------------------------------
+
+    def __enter__(self) -> _ActiveRun:
+        self._enter()
+        try:
+            self._report_start()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        """Report how the run ended; True when the exception is to be swallowed."""
+        self.finishing = True
+        try:
+            with _SigintHeld(self.outermost):  # one Ctrl-C must not cut the final report short
+                self._finish(exc)
+        finally:
+            self._cleanup()
+        return self._after(exc)
+
+    # -- async: the HTTP requests run in a thread of their own, so the event loop keeps going ---
+
+    async def __aenter__(self) -> _ActiveRun:
+        import asyncio
+
+        self.task = asyncio.current_task()
+        self._enter()
+        try:
+            await _in_thread(self._report_start)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        self.finishing = True
+        try:
+            await _in_thread(self._finish, exc)
+        finally:
+            self._cleanup()
+        return self._after(exc)
+
+    # -- the parts ------------------------------------------------------------------------------
 
     def _enter(self) -> None:
         self._token = self.sdk._current_run.set(self)
@@ -1014,25 +1122,30 @@ class _ActiveRun:
             self.sigterm = _SigtermGuard.install(self)
 
     def _report_start(self) -> None:
-        if self.is_step:
-            self.sdk.update_task(message=f"{self.name} started.")
-        else:
-            self.sdk.update_task(status=TaskRunStatus.RUNNING, message=f"{self.name} started.")
+        self._report(TaskRunStatus.RUNNING, _started(self.name))
+
+    def _finish(self, exc: Optional[BaseException]) -> None:
+        """The final status, then the log."""
+        self._report_end(exc)
+        self._send_logs()
 
     def _report_end(self, exc: Optional[BaseException]) -> None:
-        status, message = _outcome(self.name, exc, self.sigterm is not None and self.sigterm.received)
+        sigterm = self.sigterm is not None and self.sigterm.received
+        status, message = _outcome(self.name, exc=exc, signum=signal.SIGTERM if sigterm else 0)
         if self.capture is not None and exc is not None and status is not TaskRunStatus.SUCCEEDED:
             import traceback
 
             self.capture.append("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        if self.is_step:
-            self.sdk.update_task(message=message)
-        else:
-            self.sdk.update_task(status=status, message=message)
+        self._report(status, message)
+
+    def _report(self, status: TaskRunStatus, message: str) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child unwinding through the parent's run
+        self.sdk.update_task(status=None if self.is_step else status, message=message)
 
     def _send_logs(self) -> None:
         """One LOG event per outermost run: the log file when it exists, else what was captured."""
-        if self.capture is None:  # not the outermost run, or send_logs is off
+        if self.capture is None or os.getpid() != self.pid:  # not outermost, send_logs off, or a fork
             return
         self.capture.stop()  # the log is complete: what sending it logs does not belong in it
         path = self.sdk.log_file
@@ -1050,65 +1163,92 @@ class _ActiveRun:
         except (ValueError, RuntimeError):  # reset from another context: set it back plainly
             self.sdk._current_run.set(None)
 
-    def _swallow(self, exc: Optional[BaseException]) -> bool:
-        return exc is not None and isinstance(exc, Exception) and not self.reraise
-
-    def _sigterm_pending(self, exc: Optional[BaseException]) -> bool:
-        """SIGTERM arrived while the final report was being sent: exit now that it is done."""
-        return self.sigterm is not None and self.sigterm.received and not isinstance(exc, SystemExit)
-
-    # -- sync -----------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._enter()
-        try:
-            self._report_start()
-        except BaseException as exc:
-            self.finish(exc)
-            raise
-
-    def finish(self, exc: Optional[BaseException]) -> bool:
-        """Report how the run ended; True when the exception is to be swallowed."""
-        self.finishing = True
-        try:
-            self._report_end(exc)
-            self._send_logs()
-        finally:
-            self._cleanup()
-        if self._sigterm_pending(exc):
-            raise SystemExit(_SIGTERM_EXIT_STATUS)
-        return self._swallow(exc)
-
-    # -- async: the HTTP requests run in a worker thread, so the event loop keeps going -----
-
-    async def astart(self) -> None:
-        import asyncio
-
-        self.task = asyncio.current_task()
-        self._enter()
-        try:
-            await _in_thread(self._report_start)
-        except BaseException as exc:
-            await self.afinish(exc)
-            raise
-
-    async def afinish(self, exc: Optional[BaseException]) -> bool:
-        self.finishing = True
-        try:
-            await _in_thread(self._report_end, exc)
-            await _in_thread(self._send_logs)
-        finally:
-            self._cleanup()
-        if self.sigterm is not None and self.sigterm.received:
-            # SIGTERM cancelled the task; end the process as a SIGTERM would, after reporting.
+    def _after(self, exc: Optional[BaseException]) -> bool:
+        """The one exit rule, once the final status is sent: a SIGTERM ends the process with
+        status 143 (unless the exception already is that exit); else say whether to swallow."""
+        if self.sigterm is not None and self.sigterm.received and not isinstance(exc, SystemExit):
             raise SystemExit(_SIGTERM_EXIT_STATUS) from exc
-        return self._swallow(exc)
+        return exc is not None and isinstance(exc, Exception) and not self.reraise
 
 
 async def _in_thread(func: Callable[..., None], *args: Any) -> None:
+    """Run a report in a thread of its own and wait for it, whatever happens to the waiting task.
+
+    Not the loop's default executor: a report must not queue behind the program's own threads.
+    A cancellation that arrives meanwhile is held until the report is done, then raised, so a
+    report is never abandoned half-way (and a RUNNING never lands after the final status).
+    """
     import asyncio
 
-    await asyncio.get_running_loop().run_in_executor(None, func, *args)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def settle(error: Optional[BaseException]) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    def work() -> None:
+        error: Optional[BaseException] = None
+        try:
+            func(*args)
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=work, name="orchestra-sdk-report", daemon=True).start()
+    cancelled: Optional[BaseException] = None
+    while not done.done():
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError as exc:
+            if done.done():
+                break
+            cancelled = exc  # finish the report first
+    if cancelled is not None and done.exception() is None:
+        raise cancelled
+    done.result()
+
+
+class _SigintHeld:
+    """Holds Ctrl-C (SIGINT) back while the final report is sent, then raises KeyboardInterrupt.
+
+    Only where Python's own handler is installed and in the main thread; a no-op elsewhere.
+    The report itself is bounded by the retry policy's deadline.
+    """
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self.received = False
+        self.previous: Any = None
+
+    def __enter__(self) -> None:
+        if not self.active or not hasattr(signal, "SIGINT"):
+            return
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self.previous = None
+
+    def _handle(self, signum: int, frame: Optional[types.FrameType]) -> None:
+        if not self.received:
+            _log.warning("Interrupted: sending the final status to Orchestra first.")
+        self.received = True
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        if self.previous is None:
+            return
+        if signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.received and exc is None:
+            raise KeyboardInterrupt
 
 
 class _SigtermGuard:
@@ -1120,8 +1260,6 @@ class _SigtermGuard:
 
     @classmethod
     def install(cls, active: _ActiveRun) -> Optional[_SigtermGuard]:
-        import signal
-
         if not hasattr(signal, "SIGTERM") or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return None  # the program handles SIGTERM itself: leave it alone
         guard = cls(active)
@@ -1132,20 +1270,32 @@ class _SigtermGuard:
         return guard
 
     def _handle(self, signum: int, frame: Optional[types.FrameType]) -> None:
+        if os.getpid() != self.active.pid:  # a forked child: SIGTERM does what it would by default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         self.received = True
         if self.active.finishing:
-            return  # the final report is being sent; finish() exits afterwards
+            return  # the final report is being sent; the run exits afterwards
         task = self.active.task
         if task is not None:
-            task.get_loop().call_soon_threadsafe(task.cancel)
-            return
+            import asyncio
+
+            loop = task.get_loop()
+            if asyncio.current_task(loop) is not task:  # the loop is free: cancel the task there
+                loop.call_soon_threadsafe(task.cancel)
+                return
+            # The task itself holds the loop (time.sleep, a blocking driver): end it right here.
         raise SystemExit(_SIGTERM_EXIT_STATUS)
 
     def restore(self) -> None:
-        import signal
-
         if signal.getsignal(signal.SIGTERM) == self._handle:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Captured output (send_logs without a log file): what the run printed and logged, bounded
+# ---------------------------------------------------------------------------------------------
 
 
 class _TailBuffer:
@@ -1153,7 +1303,6 @@ class _TailBuffer:
 
     def __init__(self, max_bytes: int) -> None:
         import collections
-        import threading
 
         self._max_bytes = max_bytes
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -1183,16 +1332,12 @@ class _OutputCapture:
     FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
     def __init__(self, max_bytes: int) -> None:
-        import threading
-
         self.buffer = _TailBuffer(max_bytes)
         self._quiet = threading.local()  # set while we forward a record to stderr ourselves
         self._streams: List[Tuple[str, Any, _Tee]] = []
         self._handler: Optional[logging.Handler] = None
 
     def start(self) -> None:
-        import logging
-
         for attr in ("stdout", "stderr"):
             stream = getattr(sys, attr)
             if stream is not None:
@@ -1203,8 +1348,6 @@ class _OutputCapture:
         logging.getLogger().addHandler(self._handler)
 
     def stop(self) -> None:
-        import logging
-
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
             self._handler = None
@@ -1221,8 +1364,6 @@ class _OutputCapture:
         return self.buffer.text()
 
     def on_record(self, record: logging.LogRecord, handler: logging.Handler) -> None:
-        import logging
-
         self.append(handler.format(record) + "\n")
         last_resort = logging.lastResort
         if last_resort is not None and record.levelno >= last_resort.level and not _has_other_handlers(record, handler):
@@ -1236,7 +1377,6 @@ class _OutputCapture:
 
 def _capture_handler(capture: _OutputCapture) -> logging.Handler:
     """A root-logger handler that hands each record at INFO and above to `capture`."""
-    import logging
 
     class CaptureHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -1252,8 +1392,6 @@ def _capture_handler(capture: _OutputCapture) -> logging.Handler:
 
 def _has_other_handlers(record: logging.LogRecord, ours: logging.Handler) -> bool:
     """Whether a handler besides `ours` takes the record, as Logger.callHandlers would look."""
-    import logging
-
     node: Optional[logging.Logger] = logging.getLogger(record.name)
     while node is not None:
         if any(h is not ours and record.levelno >= h.level for h in node.handlers):
@@ -1301,8 +1439,6 @@ def _normalise(part: str) -> str:
 
 def _decode_field(value: str) -> Any:
     if value[:1] in ("{", "["):
-        import json
-
         try:
             return json.loads(value)
         except ValueError:
@@ -1310,24 +1446,28 @@ def _decode_field(value: str) -> Any:
     return value
 
 
-class LinkedConnection(_Record):
+@dataclasses.dataclass(frozen=True, repr=False)
+class LinkedConnection:
     """One linked connection's credentials; read a field with ``conn["field"]``.
 
-    Immutable. Field values are secrets: they are never shown in the repr.
+    Immutable, and copies and pickles like its fields (to pass it to a worker process). Field
+    values are secrets: they are never shown in the repr.
     """
 
-    __slots__ = ("integration", "connection_id", "fields")
     integration: str
     connection_id: str
     fields: Mapping[str, Any]
 
-    def __init__(self, integration: str, connection_id: str, fields: Mapping[str, Any]) -> None:
+    def __post_init__(self) -> None:
         import types
 
-        self._set(integration=integration, connection_id=connection_id, fields=types.MappingProxyType(dict(fields)))
+        object.__setattr__(self, "fields", types.MappingProxyType(dict(self.fields)))
 
     def __hash__(self) -> int:
         return hash((self.integration, self.connection_id))
+
+    def __reduce__(self) -> Tuple[Any, ...]:  # a mapping proxy cannot be pickled; its dict can
+        return (type(self), (self.integration, self.connection_id, dict(self.fields)))
 
     def __getitem__(self, name: str) -> Any:
         key = _normalise(name)
@@ -1409,39 +1549,14 @@ def _cli_error(text: str) -> None:
     print(f"{_CLI}: error: {text}", file=sys.stderr)
 
 
-def _describe_event(event: Any) -> str:
-    """One readable line for a received event."""
-    import json
-
-    if not isinstance(event, dict):
-        return f"? {_shorten(json.dumps(event), 200)}"
-    kind = event.get("event_type", "?")
-    if kind == "UPDATE_STATUS":
-        parts = [str(event["status"])] if "status" in event else []
-        if "message" in event:
-            parts.append(json.dumps(_shorten(str(event["message"]), 300), ensure_ascii=False))
-        return f"{kind} {' '.join(parts)}"
-    if kind == "SET_OUTPUT":
-        value = _shorten(json.dumps(event.get("output_value"), ensure_ascii=False), 200)
-        return f"{kind} {event.get('output_name')} = {value}"
-    if kind == "LOG":
-        data = str(event.get("data", ""))
-        size, lines = len(data.encode("utf-8", "replace")), data.count("\n")
-        return f"{kind} {event.get('log_name')} ({size} bytes, {lines} lines)"
-    return f"{kind} {_shorten(json.dumps(event, ensure_ascii=False), 200)}"
-
-
 class _Receiver:
     """A local stand-in for Orchestra's webhook: accepts events and hands each to a callback."""
 
     def __init__(self, host: str, port: int, on_event: Callable[[Any], None]) -> None:
         import http.server
-        import threading
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                import json
-
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 try:
@@ -1456,8 +1571,6 @@ class _Receiver:
                 self._answer(200, {"success": True, "info": "orchestra-sdk local receiver: POST events here"})
 
             def _answer(self, status: int, payload: Dict[str, Any]) -> None:
-                import json
-
                 body = json.dumps(payload).encode()
                 head = (
                     f"HTTP/1.1 {status} {'OK' if status == 200 else 'Bad Request'}\r\n"
@@ -1529,8 +1642,6 @@ def _parser() -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line; returns the exit status (see ``orchestra-sdk --help``)."""
-    import logging
-
     args = _parser().parse_args(argv)
     # The CLI is a program: its own problems go to stderr, prefixed, whatever logging says.
     logger = logging.getLogger(LOGGER_NAME)
@@ -1564,8 +1675,6 @@ def _cmd_update(args: Any) -> int:
 
 
 def _cmd_output(args: Any) -> int:
-    import json
-
     try:
         value: Any = json.loads(args.value)
     except ValueError:
@@ -1587,7 +1696,7 @@ def _cmd_check(args: Any) -> int:
     print(f"task run id: {sdk.task_run_id or '(none)'}")
     print(f"webhook URL: {_redact_url(sdk.webhook_url)} ({'from ' + ENV_WEBHOOK_URL if env_url else 'default'})")
     print(f"API key:     {'set, from ' + ENV_API_KEY if sdk.api_key else 'missing'}")
-    blocked = sdk._cannot_report()
+    blocked = sdk._cannot_report(sdk._config, sdk.api_key)
     if blocked is not None:
         print(f"cannot report: {blocked[1]}")
         return 2
@@ -1673,14 +1782,13 @@ def _cmd_run(args: Any) -> int:
 
 def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bool) -> int:
     """Run `command` as the Task: report RUNNING, its outcome, and (optionally) its output."""
-    import signal
     import subprocess
 
     env = dict(os.environ)
     env[ENV_WRAPPED] = "1"  # run() inside the command reports steps; the exit code decides
     if send_logs:
         env["PYTHONUNBUFFERED"] = "1"
-    sdk.update_task(status=TaskRunStatus.RUNNING, message=f"{name} started.")
+    sdk.update_task(status=TaskRunStatus.RUNNING, message=_started(name))
     pipe = subprocess.PIPE if send_logs else None
     try:
         child = subprocess.Popen(command, env=env, stdout=pipe, stderr=pipe)
@@ -1688,7 +1796,7 @@ def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bo
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         reason = "command not found" if code == 127 else f"cannot run it: {exc.strerror or exc}"
         _cli_error(f"{command[0]}: {reason}")
-        sdk.update_task(status=TaskRunStatus.FAILED, message=f"{name} failed. Error: {command[0]}: {reason}")
+        sdk.update_task(status=TaskRunStatus.FAILED, message=_failed(name, f"{command[0]}: {reason}"))
         return code
 
     received: List[int] = []
@@ -1711,34 +1819,16 @@ def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bo
         killed_by = -returncode if returncode < 0 else 0
         exit_status = 128 + killed_by if killed_by else returncode
         # A Python command may turn our forwarded signal into exit status 128+N itself.
-        cancelled_by = killed_by or (exit_status - 128 if exit_status - 128 in received else 0)
-        if exit_status == 0:
-            sdk.update_task(status=TaskRunStatus.SUCCEEDED, message=f"{name} succeeded.")
-        elif cancelled_by in (signal.SIGINT, signal.SIGTERM):
-            signame = _signal_name(cancelled_by)
-            sdk.update_task(status=TaskRunStatus.CANCELLED, message=f"{name} cancelled: received {signame}.")
-        else:
-            detail = f"exit code {exit_status}"
-            if killed_by:
-                detail = f"killed by {_signal_name(killed_by)} (exit code {exit_status})"
-            if output is not None and output.last_error_line:
-                detail += f": {output.last_error_line}"
-            sdk.update_task(status=TaskRunStatus.FAILED, message=f"{name} failed. Error: {detail[:_ERROR_TEXT_LIMIT]}")
+        signum = killed_by or (exit_status - 128 if exit_status - 128 in received else 0)
+        detail = output.last_error_line if output is not None else ""
+        status, message = _outcome(name, exit_status=exit_status, signum=signum, detail=detail)
+        sdk.update_task(status=status, message=message)
         if output is not None:
             sdk._send_log(name, output.text())
         return exit_status
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _signal_name(signum: int) -> str:
-    import signal
-
-    try:
-        return signal.Signals(signum).name
-    except ValueError:  # a real-time signal has no name
-        return f"signal {signum}"
 
 
 def _terminal_delivers_sigint() -> bool:
@@ -1757,8 +1847,6 @@ class _OutputPump:
     """Copies a child's stdout and stderr through live, keeping a bounded copy for a LOG event."""
 
     def __init__(self, child: Any, max_bytes: int) -> None:
-        import threading
-
         self.buffer = _TailBuffer(max_bytes)
         self._stderr_tail = b""
         self._threads = [

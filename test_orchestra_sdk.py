@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import email.utils
 import http.server
 import io
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -561,6 +563,11 @@ class TransportTest(SDKTestCase):
         first, second = self.server.requests
         self.assertGreaterEqual(second.arrived - first.arrived, 0.9)
 
+    def test_a_retry_after_that_is_not_ascii_digits_is_ignored(self) -> None:
+        head = b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: \xb2\r\n\r\n"
+        self.server.then(raw(head))
+        self.expect(ok=True, attempts=2, log="attempt 1 failed (HTTP 503: (empty body))")
+
     def test_retry_after_past_the_deadline_gives_up_at_once(self) -> None:
         self.server.then(reply(429, b"", {"Retry-After": "120"}))
         log = "HTTP 429: (empty body); gave up after 1 attempts, as the next would start past the 3 s deadline."
@@ -697,11 +704,58 @@ class TransportTest(SDKTestCase):
 class RetryPolicyTest(unittest.TestCase):
     def test_backoff_doubles_with_jitter_and_a_cap(self) -> None:
         policy = orchestra_sdk.RetryPolicy(backoff=0.5, backoff_max=3.0)
-        self.assertEqual(orchestra_sdk._backoff_delay(policy, 1, 0.0), 0.25)
-        self.assertEqual(orchestra_sdk._backoff_delay(policy, 2, 0.999999), 0.999999 * 0.5 + 0.5)
-        self.assertEqual(orchestra_sdk._backoff_delay(policy, 10, 0.0), 1.5)
+        self.assertEqual(policy.backoff_delay(1, 0.0), 0.25)
+        self.assertEqual(policy.backoff_delay(2, 0.999999), 0.999999 * 0.5 + 0.5)
+        self.assertEqual(policy.backoff_delay(10, 0.0), 1.5)
+
+    def test_policy_validates_itself_and_copies(self) -> None:
+        bad: List[Tuple[Dict[str, Any], str]] = [
+            ({"timeout": 0}, "timeout must be a number of seconds > 0"),
+            ({"deadline": "5"}, "deadline must be a number of seconds > 0"),
+            ({"retries": -1}, "retries must be an int >= 0"),
+            ({"retries": True}, "retries must be an int >= 0"),
+            ({"backoff": float("nan")}, "backoff must be a number of seconds >= 0"),
+            ({"backoff_max": -1}, "backoff_max must be a number of seconds >= 0"),
+            ({"retry_statuses": {503, "500"}}, "retry_statuses must be HTTP statuses"),
+            ({"retry_statuses": 503}, "retry_statuses must be HTTP statuses"),
+        ]
+        for kwargs, message in bad:
+            with self.subTest(**{k: repr(v) for k, v in kwargs.items()}), self.assertRaisesRegex(ValueError, message):
+                orchestra_sdk.RetryPolicy(**kwargs)
+        policy = orchestra_sdk.RetryPolicy(timeout=2, retry_statuses=frozenset({503}))
+        self.assertEqual((policy.timeout, policy.retry_statuses), (2.0, frozenset({503})))
+        for clone in (copy.copy(policy), copy.deepcopy(policy), pickle.loads(pickle.dumps(policy))):
+            self.assertEqual(clone, policy)
+        with self.assertRaises(AttributeError):
+            policy.retries = 9  # type: ignore[misc]
+
+    def test_the_client_takes_its_defaults_from_the_policy(self) -> None:
+        self.assertEqual(OrchestraSDK(api_key="k").retry_policy, orchestra_sdk.RetryPolicy())
+        given = orchestra_sdk.RetryPolicy(retries=1, backoff_max=2.0)
+        sdk = OrchestraSDK(api_key="k", retry_policy=given, timeout=3)
+        self.assertEqual(sdk.retry_policy, orchestra_sdk.RetryPolicy(retries=1, backoff_max=2.0, timeout=3.0))
+        with self.assertRaisesRegex(ValueError, "retries must be an int >= 0"):
+            OrchestraSDK(api_key="k", retry_policy=given, retries=-2)
+        with self.assertRaisesRegex(TypeError, "retry_policy must be a RetryPolicy, not dict"):
+            sdk.retry_policy = {"retries": 1}  # type: ignore[assignment]
+        with self.assertRaisesRegex(TypeError, "retry_policy must be a RetryPolicy, not int"):
+            OrchestraSDK(api_key="k", retry_policy=3)  # type: ignore[arg-type]
+
+    def test_retry_decisions(self) -> None:
+        policy = orchestra_sdk.RetryPolicy(retries=2, backoff=1.0, backoff_max=8.0)
+        Attempt = orchestra_sdk._Attempt
+        network = Attempt(False, "reset", retryable_network_error=True)
+        self.assertEqual(policy.next_wait(1, network, 30.0, 0.0), (0.5, ""))
+        self.assertEqual(policy.next_wait(2, network, 30.0, 0.0), (1.0, ""))
+        self.assertEqual(policy.next_wait(3, network, 30.0, 0.0), (None, "exhausted"))
+        self.assertEqual(policy.next_wait(1, Attempt(False, "cert"), 30.0, 0.0), (None, "final"))
+        self.assertEqual(policy.next_wait(1, Attempt(False, "401", 401), 30.0, 0.0), (None, "final"))
+        self.assertEqual(policy.next_wait(1, Attempt(False, "503", 503, retry_after=4.0), 30.0, 0.0), (4.0, ""))
+        self.assertEqual(policy.next_wait(1, Attempt(False, "503", 503, retry_after=4.0), 3.0, 0.0), (None, "deadline"))
 
     def test_retry_after_parsing(self) -> None:
+        self.assertIsNone(orchestra_sdk._parse_retry_after("\xb2", 0.0))  # '²'.isdigit() is true
+        self.assertIsNone(orchestra_sdk._parse_retry_after("\u0663", 0.0))  # an Arabic-Indic 3
         now = 1_700_000_000.0
         self.assertEqual(orchestra_sdk._parse_retry_after("7", now), 7.0)
         self.assertEqual(orchestra_sdk._parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now), 30.0)
@@ -899,7 +953,7 @@ class RunTest(SDKTestCase):
             (SystemExit(0), "SUCCEEDED", "f succeeded."),
             (SystemExit(None), "SUCCEEDED", "f succeeded."),
             (SystemExit(3), "FAILED", "f failed. Error: exit code 3"),
-            (SystemExit("bad config"), "FAILED", "f failed. Error: exit code bad config"),
+            (SystemExit("bad config"), "FAILED", "f failed. Error: exit code 1: bad config"),
             (GeneratorExit("odd"), "FAILED", "f failed. Error: odd"),
         ]
         sdk = self.sdk()
@@ -1345,10 +1399,19 @@ class LinkedConnectionTest(unittest.TestCase):
 
     def test_connection_is_frozen(self) -> None:
         conn = get_linked_connection("snowflake", environ=self.ENV)
-        with self.assertRaisesRegex(AttributeError, "LinkedConnection is immutable; cannot set 'integration'"):
-            conn.integration = "x"
+        with self.assertRaisesRegex(AttributeError, "cannot assign to field 'integration'"):
+            conn.integration = "x"  # type: ignore[misc]
         with self.assertRaises(TypeError):
             conn.fields["PASSWORD"] = "y"  # type: ignore[index]
+
+    def test_connection_copies_and_pickles_without_showing_its_secrets(self) -> None:
+        conn = get_linked_connection("snowflake", environ=self.ENV)
+        for clone in (copy.copy(conn), copy.deepcopy(conn), pickle.loads(pickle.dumps(conn))):
+            self.assertEqual(clone, conn)
+            self.assertEqual(clone["password"], "s3cr3t-pw")
+            self.assertNotIn("s3cr3t-pw", repr(clone))
+            with self.assertRaises(TypeError):
+                clone.fields["PASSWORD"] = "y"  # type: ignore[index]
 
     def test_reads_os_environ_by_default_and_through_the_sdk(self) -> None:
         with mock.patch.dict(os.environ, {"REDSHIFT__MAIN__USER": "bob"}):
@@ -1398,8 +1461,7 @@ class ImportTest(unittest.TestCase):
             "assert threading.active_count() == 1 and dict(os.environ) == env\n"
             "assert signal.getsignal(signal.SIGTERM) is handler\n"
             "lazy = ('urllib.request', 'asyncio', 'argparse', 'http.server', 'http.client', 'ssl', 'socket',\n"
-            "        'typing', 'uuid', 'subprocess', 'random', 'ipaddress', 'logging', 'json',\n"
-            "        'inspect', 'dataclasses')\n"
+            "        'typing', 'uuid', 'subprocess', 'random', 'ipaddress', 'email.utils')\n"
             "print([m for m in lazy if m in after and m not in before])\n"
         )
         result = run_python(code, "-E")
