@@ -73,8 +73,11 @@ __version__ = "1.1.0.dev0"
 
 __all__ = [
     "DEFAULT_WEBHOOK_URL",
+    "HTTPClient",
     "LinkedConnection",
     "LinkedConnectionNotFoundError",
+    "MissingEnvironmentKeysError",
+    "NoEnvironmentVariablesFoundError",
     "OrchestraSDK",
     "RetryPolicy",
     "TaskRunStatus",
@@ -82,6 +85,7 @@ __all__ = [
     "get_linked_connection",
     "list_linked_connections",
     "main",
+    "validate_environment",
 ]
 
 LOGGER_NAME = "orchestra_sdk"
@@ -128,11 +132,16 @@ class _Event:
 
     type: WebhookEventType
     fields: Dict[str, Any]
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)  # always {} but from HTTPClient
 
     def body(self, task_run_id: str) -> bytes:
         """The request body. Key order and separators match the official package (requests'
         ``json.dumps`` with its defaults), so the bytes are the same."""
-        envelope: Dict[str, Any] = {"event_type": self.type.value, "metadata": {}, "task_run_id": task_run_id}
+        envelope: Dict[str, Any] = {
+            "event_type": self.type.value,
+            "metadata": self.metadata,
+            "task_run_id": task_run_id,
+        }
         envelope.update(self.fields)
         return json.dumps(envelope).encode("utf-8")
 
@@ -267,15 +276,21 @@ def _coerce_status(status: Union[TaskRunStatus, str]) -> TaskRunStatus:
     raise TypeError(f"status must be a TaskRunStatus or a status name, not {type(status).__name__}")
 
 
-_OUTPUT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
+# What Orchestra's documentation shows in output names (its own example is "Output_4"). The
+# server decides which names it takes: others are sent, with a warning, never refused here.
+_OUTPUT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def _check_output_name(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"output name must be a str, not {type(name).__name__}")
-    if not name or not set(name) <= _OUTPUT_NAME_CHARS:
-        raise ValueError(
-            f"invalid output name {name!r}: use letters, '_' and '-' only (no digits, no spaces), e.g. 'rows_loaded'"
+    if not name.strip():
+        raise ValueError(f"output name must not be empty or blank, not {name!r}; e.g. 'rows_loaded'")
+    if not set(name) <= _OUTPUT_NAME_CHARS:
+        _log.warning(
+            "Output name %r has characters other than letters, digits, '_' and '-'; "
+            "Orchestra may refuse it (its answer is logged if so).",
+            name,
         )
     return name
 
@@ -321,6 +336,18 @@ def _shorten(text: str, limit: int) -> str:
 
 class LinkedConnectionNotFoundError(LookupError):
     """No linked connection matches, or several do and no connection id chose one."""
+
+
+class MissingEnvironmentKeysError(Exception):
+    """Environment variables the SDK needs are missing (`missing_keys`); the official name."""
+
+    def __init__(self, missing_keys: Set[str]) -> None:
+        super().__init__(f"missing environment variables: {', '.join(sorted(missing_keys))}")
+        self.missing_keys = missing_keys
+
+
+class NoEnvironmentVariablesFoundError(Exception):
+    """The process has no environment variables at all; the official name."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +412,31 @@ def _read_lambda_event(event: Any) -> _Config:
     url = event.get("orchestra_webhook_url")
     webhook_url = url.strip() if isinstance(url, str) and url.strip() else DEFAULT_WEBHOOK_URL
     return _Config(task_run_id, problem, webhook_url)
+
+
+def validate_environment() -> Optional[uuid.UUID]:
+    """The task run id in ``ORCHESTRA_TASK_RUN_ID``, or None with a log line saying why.
+
+    The official package's ``orchestra_sdk.check_environment.validate_environment()``.
+    """
+    try:
+        if not os.environ:
+            raise NoEnvironmentVariablesFoundError
+        if ENV_TASK_RUN_ID not in os.environ:
+            raise MissingEnvironmentKeysError({ENV_TASK_RUN_ID})
+    except NoEnvironmentVariablesFoundError:
+        _log.warning("No environment variables loaded.")
+        return None
+    except MissingEnvironmentKeysError as exc:
+        _log.warning("Missing environment variables: %s.", ", ".join(sorted(exc.missing_keys)))
+        return None
+    task_run_id, problem = _parse_task_run_id(os.environ[ENV_TASK_RUN_ID], ENV_TASK_RUN_ID)
+    if task_run_id is None:
+        _log.error("Error processing environment variables: %s.", problem)
+        return None
+    import uuid
+
+    return uuid.UUID(task_run_id)
 
 
 def _is_loopback(host: str) -> bool:
@@ -654,6 +706,7 @@ def _post_event(
     event_type: str,
     event_body: bytes,
     policy: RetryPolicy,
+    method: str = "POST",
 ) -> bool:
     """POST one event, retrying within the policy; True only when Orchestra answered 2xx.
 
@@ -664,7 +717,7 @@ def _post_event(
     request = urllib.request.Request(
         webhook_url,
         data=event_body,
-        method="POST",
+        method=method,
         headers={
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -708,6 +761,76 @@ def _post_event(
             return False
         _log.debug("attempt %d failed (%s); retrying in %.2f s", attempts, problem, delay)
         time.sleep(delay)
+
+
+class _Transport:
+    """How one client reaches its webhook: an opener, built once per webhook URL."""
+
+    def __init__(self) -> None:
+        self._opener: Optional[Tuple[str, Any]] = None
+
+    def post(
+        self, webhook_url: str, api_key: str, event: _Event, task_run_id: str, policy: RetryPolicy, method: str = "POST"
+    ) -> bool:
+        opener = self._opener
+        if opener is None or opener[0] != webhook_url:
+            opener = self._opener = (webhook_url, _build_opener(webhook_url))
+        body = event.body(task_run_id)
+        return _post_event(opener[1], webhook_url, api_key, event.type.value, body, policy, method)
+
+
+class HTTPClient:
+    """Sends webhook events for one run: the official ``orchestra_sdk.http.HTTPClient``, on this
+    module's transport (timeouts, retries within a deadline, https only, the key never shown)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        task_run_id: Union[uuid.UUID, str],
+        webhook_url: str = DEFAULT_WEBHOOK_URL,
+        *,
+        retry_policy: Optional[RetryPolicy] = None,
+    ) -> None:
+        self.api_key = api_key
+        self.task_run_id = task_run_id
+        self.webhook_url = webhook_url
+        self.retry_policy = RetryPolicy() if retry_policy is None else retry_policy
+        self._transport = _Transport()
+
+    def __repr__(self) -> str:
+        key = "set" if self.api_key else "missing"
+        url = _redact_url(self.webhook_url)
+        return f"HTTPClient(task_run_id={self.task_run_id!s}, webhook_url={url!r}, api_key=<{key}>)"
+
+    def request(
+        self,
+        event_type: Union[WebhookEventType, str],
+        metadata: Optional[Mapping[str, Any]] = None,
+        json: Optional[Mapping[str, Any]] = None,
+        method: str = "POST",
+    ) -> bool:
+        """Send one event: ``{"event_type", "metadata", "task_run_id", **json}``. True when
+        Orchestra answered 2xx; False, logged, for any network, server or configuration problem."""
+        kind = _coerce_event_type(event_type)
+        api_key, webhook_url, task_run_id = self.api_key, self.webhook_url, str(self.task_run_id)
+        event = _Event(kind, dict(json or {}), dict(metadata or {}))
+        problem = _api_key_problem(api_key) or _webhook_url_problem(webhook_url)
+        if problem is None and _canonical_uuid(task_run_id) is None:
+            problem = f"task_run_id {_shorten(task_run_id, 60)!r} is not a UUID"
+        if problem is not None:
+            _log.error("Cannot report to Orchestra: %s.", problem)
+            return False
+        return self._transport.post(webhook_url, api_key, event, task_run_id, self.retry_policy, method)
+
+
+def _coerce_event_type(event_type: Union[WebhookEventType, str]) -> WebhookEventType:
+    if isinstance(event_type, WebhookEventType):
+        return event_type
+    try:
+        return WebhookEventType[str(event_type).upper()]
+    except KeyError:
+        valid = ", ".join(e.value for e in WebhookEventType)
+        raise ValueError(f"unknown event type {event_type!r}; valid event types: {valid}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -794,7 +917,7 @@ class OrchestraSDK:
         self.send_logs = send_logs
         self.max_log_bytes = max_log_bytes
         self._apply_config(_read_config(os.environ))
-        self._opener: Optional[Tuple[str, Any]] = None
+        self._transport = _Transport()
         self._url_problems: Dict[str, Optional[str]] = {}
         self._current_run: contextvars.ContextVar[Optional[_ActiveRun]] = contextvars.ContextVar(
             "orchestra_sdk_run", default=None
@@ -908,6 +1031,34 @@ class OrchestraSDK:
         _check_output_value(name, value)
         return self._send(_output_event(name, value))
 
+    # The official package's names for the decorator's three reports.
+
+    def send_running_status(self, name: str) -> bool:
+        """RUNNING, "<name> started." (as the decorator sends at a run's start)."""
+        return self._send(_status_event(TaskRunStatus.RUNNING, _started(name)))
+
+    def send_success_status(self, name: str) -> bool:
+        """SUCCEEDED, "<name> succeeded."."""
+        return self._send(_status_event(TaskRunStatus.SUCCEEDED, _succeeded(name)))
+
+    def send_failed_status(self, name: str, error: Union[BaseException, str]) -> bool:
+        """FAILED, "<name> failed. Error: <the first 250 characters of str(error)>"."""
+        return self._send(_status_event(TaskRunStatus.FAILED, _failed(name, _safe_str(error))))
+
+    @property
+    def http_client(self) -> Optional[HTTPClient]:
+        """An `HTTPClient` for this run (sharing this client's connection and retry policy), or
+        None, with a warning, when the SDK cannot report."""
+        config, api_key = self._config, self.api_key
+        blocked = self._cannot_report(config, api_key)
+        if blocked is not None or config.task_run_id is None or api_key is None:
+            reason = blocked[1] if blocked else "not configured"
+            _log.warning("Environment not configured correctly to send update for Task: %s.", reason)
+            return None
+        client = HTTPClient(api_key, config.task_run_id, config.webhook_url, retry_policy=self._retry_policy)
+        client._transport = self._transport
+        return client
+
     def list_linked_connections(self) -> List[LinkedConnection]:
         """The connections linked to this Task (see `list_linked_connections`)."""
         return list_linked_connections()
@@ -955,11 +1106,7 @@ class OrchestraSDK:
                 _log.log(level, "Cannot report to Orchestra: %s. Updates are skipped; the Task itself runs on.", reason)
             return False
         assert config.task_run_id is not None and api_key is not None
-        opener = self._opener
-        if opener is None or opener[0] != config.webhook_url:
-            opener = self._opener = (config.webhook_url, _build_opener(config.webhook_url))
-        body = event.body(config.task_run_id)
-        return _post_event(opener[1], config.webhook_url, api_key, event.type.value, body, self._retry_policy)
+        return self._transport.post(config.webhook_url, api_key, event, config.task_run_id, self._retry_policy)
 
     def _send_log(self, log_name: str, text: str) -> bool:
         return self._send(_log_event(log_name, text))
@@ -1901,7 +2048,7 @@ class _OutputPump:
 # The official package's import paths, served by this one module
 # ---------------------------------------------------------------------------------------------
 
-_OFFICIAL_SUBMODULES = ("orchestra", "enum", "errors", "linked_connections")
+_OFFICIAL_SUBMODULES = ("orchestra", "enum", "errors", "linked_connections", "http", "check_environment")
 
 
 def _register_official_import_paths() -> None:

@@ -340,6 +340,75 @@ class WireFormatTest(SDKTestCase):
         self.assertEqual(self.server.events[0]["task_run_id"], TASK_RUN_ID)
 
 
+class DropInTest(SDKTestCase):
+    """The official 0.2.0 names that are not the main API, with its JSON."""
+
+    def test_send_status_methods(self) -> None:
+        sdk = self.sdk()
+        self.assertTrue(sdk.send_running_status("load"))
+        self.assertTrue(sdk.send_failed_status("load", ValueError("x" * 300)))
+        self.assertTrue(sdk.send_success_status("load"))
+        self.assertEqual(
+            self.server.events,
+            [
+                status_event("RUNNING", "load started."),
+                status_event("FAILED", "load failed. Error: " + "x" * 250),
+                status_event("SUCCEEDED", "load succeeded."),
+            ],
+        )
+
+    def test_http_client_sends_any_event_with_its_metadata(self) -> None:
+        client = self.sdk().http_client
+        assert client is not None
+        self.assertEqual(str(client.task_run_id), TASK_RUN_ID)
+        self.assertTrue(client.request(WebhookEventType.LOG, json={"log_name": "a.log", "data": "text"}))
+        self.assertTrue(client.request(WebhookEventType.UPDATE_STATUS, {"source": "etl"}, {"message": "hi"}))
+        self.assertEqual(
+            self.server.events,
+            [
+                event(event_type="LOG", log_name="a.log", data="text"),
+                dict(event(metadata={"source": "etl"}), message="hi"),
+            ],
+        )
+        self.assertEqual(self.server.requests[0].headers["authorization"], f"Bearer {API_KEY}")
+        self.assertNotIn(API_KEY, repr(client))
+
+    def test_http_client_is_none_with_a_warning_when_unconfigured(self) -> None:
+        del os.environ["ORCHESTRA_TASK_RUN_ID"]
+        self.assertIsNone(self.sdk().http_client)
+        (warning,) = self.log_lines("WARNING")
+        self.assertIn("Environment not configured correctly to send update for Task: ORCHESTRA_TASK_RUN_ID", warning)
+
+    def test_standalone_http_client(self) -> None:
+        client = orchestra_sdk.HTTPClient(API_KEY, uuid.UUID(TASK_RUN_ID), self.server.url)
+        self.assertTrue(client.request("set_output", json={"output_name": "n", "output_value": 1}))
+        self.assertEqual(self.server.events, [event(event_type="SET_OUTPUT", output_name="n", output_value=1)])
+        with self.assertRaisesRegex(ValueError, "unknown event type 'PING'; valid event types: LOG"):
+            client.request("PING")
+        insecure = orchestra_sdk.HTTPClient(API_KEY, TASK_RUN_ID, "http://orchestra.example/")
+        self.assertFalse(insecure.request(WebhookEventType.LOG, json={"log_name": "a", "data": ""}))
+        self.assertIn("uses plain http; https is required", self.log_lines("ERROR")[0])
+        self.assertEqual(len(self.server.requests), 1)
+
+    def test_validate_environment(self) -> None:
+        self.assertEqual(orchestra_sdk.validate_environment(), uuid.UUID(TASK_RUN_ID))
+        os.environ["ORCHESTRA_TASK_RUN_ID"] = "not-a-uuid"
+        self.assertIsNone(orchestra_sdk.validate_environment())
+        self.assertIn("Error processing environment variables: ORCHESTRA_TASK_RUN_ID=", self.log_lines("ERROR")[0])
+        del os.environ["ORCHESTRA_TASK_RUN_ID"]
+        self.assertIsNone(orchestra_sdk.validate_environment())
+        self.assertEqual(self.log_lines("WARNING"), ["WARNING: Missing environment variables: ORCHESTRA_TASK_RUN_ID."])
+        os.environ.clear()
+        self.assertIsNone(orchestra_sdk.validate_environment())
+        self.assertEqual(self.log_lines("WARNING")[-1], "WARNING: No environment variables loaded.")
+
+    def test_official_errors(self) -> None:
+        error = orchestra_sdk.MissingEnvironmentKeysError({"B", "A"})
+        self.assertEqual((error.missing_keys, str(error)), ({"A", "B"}, "missing environment variables: A, B"))
+        self.assertTrue(issubclass(orchestra_sdk.NoEnvironmentVariablesFoundError, Exception))
+        self.assertTrue(issubclass(LinkedConnectionNotFoundError, Exception))
+
+
 # ---------------------------------------------------------------------------------------------
 # Configuration and misuse
 # ---------------------------------------------------------------------------------------------
@@ -470,13 +539,24 @@ class MisuseTest(SDKTestCase):
         with self.assertRaises(ValueError):
             self.sdk().update_task(status="nope")
 
-    def test_invalid_output_names(self) -> None:
-        for name in ("rows1", "two words", "", "naïve", "a.b"):
-            with self.subTest(name=name), self.assertRaisesRegex(ValueError, "letters, '_' and '-' only"):
+    def test_empty_or_non_str_output_names_are_misuse(self) -> None:
+        for name in ("", "   "):
+            with self.subTest(name=name), self.assertRaisesRegex(ValueError, "output name must not be empty"):
                 self.sdk().set_output(name, 1)
-        with self.assertRaises(TypeError):
+        with self.assertRaisesRegex(TypeError, "output name must be a str, not int"):
             self.sdk().set_output(3, 1)  # type: ignore[arg-type]
         self.assertEqual(self.server.requests, [])
+
+    def test_output_names_orchestra_may_refuse_are_sent_with_a_warning(self) -> None:
+        for name in ("two words", "naïve", "a.b"):
+            with self.subTest(name=name):
+                self.log.lines.clear()
+                self.assertTrue(self.sdk().set_output(name, 1))
+                self.assertEqual(
+                    self.server.events[-1], event(event_type="SET_OUTPUT", output_name=name, output_value=1)
+                )
+                (warning,) = self.log_lines("WARNING")
+                self.assertIn(f"Output name {name!r} has characters other than letters, digits", warning)
 
     def test_output_values_that_are_not_json(self) -> None:
         circular: List[Any] = []
@@ -487,8 +567,10 @@ class MisuseTest(SDKTestCase):
         self.assertEqual(self.server.requests, [])
 
     def test_valid_output_names(self) -> None:
-        for name in ("rows", "ROWS_loaded", "rows-loaded", "_"):
+        for name in ("rows", "ROWS_loaded", "rows-loaded", "_", "rows_2024", "Output_4"):
             self.assertTrue(self.sdk().set_output(name, 1))
+        self.assertEqual([e["output_name"] for e in self.server.events][-2:], ["rows_2024", "Output_4"])
+        self.assertEqual(self.log_lines("WARNING"), [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1439,7 +1521,10 @@ class ImportTest(unittest.TestCase):
         code = (
             "from orchestra_sdk.orchestra import OrchestraSDK\n"
             "from orchestra_sdk.enum import TaskRunStatus, WebhookEventType\n"
-            "from orchestra_sdk.errors import LinkedConnectionNotFoundError\n"
+            "from orchestra_sdk.errors import (\n"
+            "    LinkedConnectionNotFoundError, MissingEnvironmentKeysError, NoEnvironmentVariablesFoundError)\n"
+            "from orchestra_sdk.http import HTTPClient\n"
+            "from orchestra_sdk.check_environment import validate_environment\n"
             "from orchestra_sdk.linked_connections import (\n"
             "    LinkedConnection, get_linked_connection, list_linked_connections)\n"
             "import orchestra_sdk\n"
@@ -1888,7 +1973,7 @@ class CLITest(unittest.TestCase):
         self.assertEqual(result.stderr.count(b"\n"), 1)
         self.assertIn(b"unknown status 'bogus'", result.stderr)
         self.assertEqual(self.cli("update").returncode, 2)
-        self.assertEqual(self.cli("output", "bad name", "1").returncode, 2)
+        self.assertEqual(self.cli("output", "", "1").returncode, 2)
 
     def test_check_good_and_broken_environment(self) -> None:
         result = self.cli("check")
