@@ -66,7 +66,31 @@ if TYPE_CHECKING:  # pragma: no cover
         overload,
     )
 
+    if sys.version_info >= (3, 10):
+        from typing import Coroutine, Literal, ParamSpec, Protocol
+
+        P = ParamSpec("P")
     F = TypeVar("F", bound=Callable[..., Any])
+    R = TypeVar("R")
+
+    class _QuietRun(Protocol):
+        """What ``run(reraise=False)`` is to a type checker: a decorated function may return None."""
+
+        @overload
+        def __call__(
+            self, func: Callable[P, Coroutine[Any, Any, R]]
+        ) -> Callable[P, Coroutine[Any, Any, Optional[R]]]: ...
+
+        @overload
+        def __call__(self, func: Callable[P, R]) -> Callable[P, Optional[R]]: ...
+
+        def __enter__(self) -> _Run: ...
+
+        def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool: ...
+
+        async def __aenter__(self) -> _Run: ...
+
+        async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool: ...
 
 
 __version__ = "1.1.0.dev0"
@@ -1072,10 +1096,16 @@ class OrchestraSDK:
     if TYPE_CHECKING:  # pragma: no cover - signatures for type checkers only
 
         @overload
-        def run(self, name: F, *, reraise: bool = True) -> F: ...
+        def run(self, name: F, *, reraise: Literal[True] = True) -> F: ...
 
         @overload
-        def run(self, name: Optional[str] = None, *, reraise: bool = True) -> _Run: ...
+        def run(self, name: Optional[str] = None, *, reraise: Literal[True] = True) -> _Run: ...
+
+        @overload
+        def run(self, name: Optional[str] = None, *, reraise: Literal[False]) -> _QuietRun: ...
+
+        @overload
+        def run(self, name: Optional[str] = None, *, reraise: bool) -> Union[_Run, _QuietRun]: ...
 
     def run(self, name: Any = None, *, reraise: bool = True) -> Any:
         """Report a function or block as a Task run: RUNNING, then how it ended.
