@@ -640,9 +640,16 @@ def _build_opener(webhook_url: str) -> urllib.request.OpenerDirector:
     return opener
 
 
-def _error_text(body: bytes) -> str:
-    """Orchestra's error message from a response body: JSON code/error/message, else its start."""
-    text = body.decode("utf-8", "replace").strip()
+def _mask(text: str, secret: str) -> str:
+    """`text` with `secret` replaced by ***. A secret under 8 characters cannot be told from
+    ordinary text (masking one letter garbles every message); Orchestra's keys are far longer."""
+    return text.replace(secret, "***") if len(secret) >= 8 else text
+
+
+def _error_text(body: bytes, secret: str) -> str:
+    """Orchestra's error message from a response body: JSON code/error/message, else its start.
+    The secret is masked before anything is cut, so a cut cannot leave a part of it."""
+    text = _mask(body.decode("utf-8", "replace"), secret).strip()
     try:
         parsed = json.loads(text)
     except ValueError:
@@ -670,7 +677,7 @@ def _read_error_body(response: Any, until: float) -> bytes:
     return b"".join(chunks)
 
 
-def _attempt(opener: Any, request: Any, timeout: float) -> _Attempt:
+def _attempt(opener: Any, request: Any, timeout: float, secret: str) -> _Attempt:
     """Send one request and classify the outcome; never raises for a network reason."""
     started = time.monotonic()
     try:
@@ -687,7 +694,7 @@ def _attempt(opener: Any, request: Any, timeout: float) -> _Attempt:
             return _Attempt(False, problem, status)
         body = _read_error_body(response, started + timeout)
         retry_after = _parse_retry_after(response.getheader("Retry-After"), time.time())
-        return _Attempt(False, f"HTTP {status}: {_error_text(body)}", status, retry_after=retry_after)
+        return _Attempt(False, f"HTTP {status}: {_error_text(body, secret)}", status, retry_after=retry_after)
     except Exception as exc:  # whatever a hostile answer does, it is a failed attempt
         return _failed_attempt(exc, timeout)
     finally:
@@ -759,14 +766,14 @@ def _post_event(
         attempts += 1
         timeout = min(policy.timeout, remaining)
         _log.debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type, webhook_url, attempts, timeout)
-        result = _attempt(opener, request, timeout)
+        result = _attempt(opener, request, timeout, api_key)
         if result.delivered:
             _log.debug("%s event delivered in %.3f s", event_type, time.monotonic() - started)
             return True
         import random
 
         what = f"Orchestra did not receive the {event_type} event"
-        problem = result.problem.replace(api_key, "***")  # a library error could quote the request
+        problem = _mask(result.problem, api_key)  # a library error could quote the request
         delay, stop = policy.next_wait(attempts, result, deadline_at - time.monotonic(), random.random())
         if stop == "final":
             _log.error("%s: %s (not retried).", what, problem)

@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import copy
 import email.utils
+import functools
 import http.server
+import inspect
 import io
 import json
 import logging
@@ -21,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import traceback
@@ -183,6 +186,10 @@ class Recorder:
     def events(self) -> List[Any]:
         return [r.json for r in self.requests]
 
+    def statuses(self) -> List[Tuple[Optional[str], Optional[str]]]:
+        """(status, message) of each event received, None where a key was left out."""
+        return [(e.get("status"), e.get("message")) for e in self.events]
+
     def close(self) -> None:
         self.stopping.set()
         self.server.shutdown()
@@ -199,6 +206,22 @@ def refusing_port(test: unittest.TestCase) -> int:
     sock.bind(("127.0.0.1", 0))
     test.addCleanup(sock.close)
     return int(sock.getsockname()[1])
+
+
+def temp_folder(test: unittest.TestCase) -> str:
+    """A new folder, removed with everything in it when the test ends."""
+    folder = tempfile.mkdtemp(prefix="orchestra-sdk-test-")
+    test.addCleanup(shutil.rmtree, folder, True)
+    return folder
+
+
+def orchestra_env(webhook_url: str, **extra: str) -> Dict[str, str]:
+    """This process's environment for a child Task: no inherited ORCHESTRA* variables, then the
+    run, the key and the webhook set, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA")}
+    env.update(ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=webhook_url)
+    env.update(extra)
+    return env
 
 
 def event(**fields: Any) -> Dict[str, Any]:
@@ -441,6 +464,21 @@ class ConfigurationTest(SDKTestCase):
         self.assertEqual(len(warnings), 1)
         self.assertIn("ORCHESTRA_TASK_RUN_ID is not set", warnings[0])
 
+    def test_the_one_time_warning_is_given_again_after_task_run_id_is_assigned(self) -> None:
+        del os.environ["ORCHESTRA_TASK_RUN_ID"]
+        sdk = self.sdk()
+        self.assertFalse(sdk.update_task(message="a"))
+        sdk.task_run_id = TASK_RUN_ID
+        self.assertTrue(sdk.update_task(message="b"))
+        sdk.task_run_id = None
+        self.assertFalse(sdk.update_task(message="c"))
+        self.assertFalse(sdk.update_task(message="d"))
+        warnings = self.log_lines("WARNING")
+        self.assertEqual(len(warnings), 2, warnings)
+        self.assertIn("ORCHESTRA_TASK_RUN_ID is not set", warnings[0])
+        self.assertIn("task_run_id was set to None", warnings[1])
+        self.assertEqual(self.server.events, [status_event(None, "b")])
+
     def test_malformed_task_run_id_names_the_variable_and_value(self) -> None:
         os.environ["ORCHESTRA_TASK_RUN_ID"] = "not-a-uuid"
         self.assertFalse(self.sdk().update_task(message="a"))
@@ -650,6 +688,21 @@ class TransportTest(SDKTestCase):
         self.server.then(raw(head))
         self.expect(ok=True, attempts=2, log="attempt 1 failed (HTTP 503: (empty body))")
 
+    def test_the_api_key_is_masked_in_an_echoed_error_even_where_it_is_cut(self) -> None:
+        # The error text is cut to 200 characters; the key starts at 20 + padding.
+        for padding in (0, 170, 176):  # the key whole, cut after 7 of its characters, after 1
+            with self.subTest(padding=padding):
+                self.reset()
+                self.server.then(reply(400, b"x" * padding + f" bad header: Bearer {API_KEY}".encode()))
+                self.expect(ok=False, attempts=1, log="HTTP 400: ")
+                line = self.log_lines("ERROR")[0]
+                self.assertNotIn(API_KEY[:7], line)
+                self.assertIn("Bearer ***", line)
+
+    def test_a_short_api_key_does_not_garble_messages(self) -> None:
+        self.server.then(reply(400, b"Name or service not known"))
+        self.expect(ok=False, attempts=1, log="HTTP 400: Name or service not known", api_key="k")
+
     def test_retry_after_past_the_deadline_gives_up_at_once(self) -> None:
         self.server.then(reply(429, b"", {"Retry-After": "120"}))
         log = "HTTP 429: (empty body); gave up after 1 attempts, as the next would start past the 3 s deadline."
@@ -857,8 +910,7 @@ class TLSTest(SDKTestCase):
         super().setUp()
         import ssl
 
-        folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, folder)
+        folder = temp_folder(self)
         self.cert = os.path.join(folder, "cert.pem")
         key = os.path.join(folder, "key.pem")
         subprocess.run(
@@ -908,9 +960,6 @@ class TLSTest(SDKTestCase):
 
 
 class RunTest(SDKTestCase):
-    def statuses(self) -> List[Tuple[Optional[str], Optional[str]]]:
-        return [(e.get("status"), e.get("message")) for e in self.server.events]
-
     def test_decorator_reports_running_then_succeeded_and_returns_the_value(self) -> None:
         sdk = self.sdk()
 
@@ -926,8 +975,6 @@ class RunTest(SDKTestCase):
         )
 
     def test_wraps_keeps_name_doc_signature_and_wrapped(self) -> None:
-        import inspect
-
         sdk = self.sdk()
 
         def my_function(arg1: int, arg2: int = 1) -> int:
@@ -954,7 +1001,7 @@ class RunTest(SDKTestCase):
             self.assertIs(exc, error)
             frames = [f.name for f in traceback.extract_tb(exc.__traceback__)]
         self.assertEqual(frames[-1], "boom")
-        self.assertEqual(self.statuses()[-1], ("FAILED", "boom failed. Error: " + "x" * 250))
+        self.assertEqual(self.server.statuses()[-1], ("FAILED", "boom failed. Error: " + "x" * 250))
 
     def test_exception_without_text_reports_its_type(self) -> None:
         sdk = self.sdk()
@@ -965,7 +1012,7 @@ class RunTest(SDKTestCase):
 
         with self.assertRaises(AssertionError):
             check()
-        self.assertEqual(self.statuses()[-1], ("FAILED", "check failed. Error: AssertionError"))
+        self.assertEqual(self.server.statuses()[-1], ("FAILED", "check failed. Error: AssertionError"))
 
     def test_bare_decorator_and_named_run(self) -> None:
         sdk = self.sdk()
@@ -980,7 +1027,7 @@ class RunTest(SDKTestCase):
 
         self.assertEqual((first(), second()), ("a", "b"))
         self.assertEqual(
-            self.statuses(),
+            self.server.statuses(),
             [
                 ("RUNNING", "first started."),
                 ("SUCCEEDED", "first succeeded."),
@@ -996,7 +1043,7 @@ class RunTest(SDKTestCase):
         with self.assertRaises(ValueError), sdk.run():
             raise ValueError("bad row")
         self.assertEqual(
-            self.statuses(),
+            self.server.statuses(),
             [
                 ("RUNNING", "load orders started."),
                 (None, "inside"),
@@ -1014,9 +1061,12 @@ class RunTest(SDKTestCase):
             raise KeyError("k")
 
         self.assertIsNone(boom())
-        self.assertEqual(self.statuses()[-1], ("FAILED", "boom failed. Error: 'k'"))
+        self.assertEqual(self.server.statuses()[-1], ("FAILED", "boom failed. Error: 'k'"))
         with sdk.run("block", reraise=False):
             raise ValueError("swallowed")
+        self.assertEqual(
+            self.server.statuses()[-2:], [("RUNNING", "block started."), ("FAILED", "block failed. Error: swallowed")]
+        )
 
     def test_reraise_false_never_swallows_base_exceptions(self) -> None:
         sdk = self.sdk()
@@ -1050,7 +1100,7 @@ class RunTest(SDKTestCase):
                 with self.assertRaises(type(exc)) as caught:
                     f()
                 self.assertIs(caught.exception, exc)
-                self.assertEqual(self.statuses(), [("RUNNING", "f started."), (status, message)])
+                self.assertEqual(self.server.statuses(), [("RUNNING", "f started."), (status, message)])
 
     def test_failed_reports_do_not_change_the_result(self) -> None:
         self.server.default = reply(500)
@@ -1079,7 +1129,7 @@ class RunTest(SDKTestCase):
             with contextlib.suppress(ValueError):
                 transform()
         self.assertEqual(
-            self.statuses(),
+            self.server.statuses(),
             [
                 ("RUNNING", "pipeline started."),
                 (None, "extract started."),
@@ -1095,19 +1145,16 @@ class RunTest(SDKTestCase):
         sdk = self.sdk()
         with sdk.run("inner"):
             pass
-        self.assertEqual(self.statuses(), [(None, "inner started."), (None, "inner succeeded.")])
+        self.assertEqual(self.server.statuses(), [(None, "inner started."), (None, "inner succeeded.")])
 
     def test_separate_sdks_do_not_nest(self) -> None:
         outer, inner = self.sdk(), self.sdk()
         with outer.run("a"), inner.run("b"):
             pass
-        self.assertEqual([s for s, _ in self.statuses()], ["RUNNING", "RUNNING", "SUCCEEDED", "SUCCEEDED"])
+        self.assertEqual([s for s, _ in self.server.statuses()], ["RUNNING", "RUNNING", "SUCCEEDED", "SUCCEEDED"])
 
 
 class AsyncRunTest(SDKTestCase):
-    def statuses(self) -> List[Tuple[Optional[str], Optional[str]]]:
-        return [(e.get("status"), e.get("message")) for e in self.server.events]
-
     def test_coroutine_function_is_reported_after_its_body(self) -> None:
         sdk = self.sdk()
         seen: List[int] = []
@@ -1118,12 +1165,51 @@ class AsyncRunTest(SDKTestCase):
             seen.append(len(self.server.requests))
             return n * 2
 
-        import inspect
-
         self.assertTrue(inspect.iscoroutinefunction(fetch))
         self.assertEqual(asyncio.run(fetch(21)), 42)
         self.assertEqual(seen, [1])  # only RUNNING had arrived while the body ran
-        self.assertEqual(self.statuses(), [("RUNNING", "fetch started."), ("SUCCEEDED", "fetch succeeded.")])
+        self.assertEqual(self.server.statuses(), [("RUNNING", "fetch started."), ("SUCCEEDED", "fetch succeeded.")])
+
+    def test_a_coroutine_function_in_a_partial_is_reported_after_it_is_awaited(self) -> None:
+        sdk = self.sdk()
+
+        async def scale(factor: int, n: int) -> int:
+            await asyncio.sleep(0.01)
+            return factor * n
+
+        triple = sdk.run("triple")(functools.partial(scale, 3))
+        self.assertEqual(asyncio.run(triple(5)), 15)
+        self.assertEqual(self.server.statuses(), [("RUNNING", "triple started."), ("SUCCEEDED", "triple succeeded.")])
+
+    @unittest.skipUnless(hasattr(inspect, "markcoroutinefunction"), "inspect.markcoroutinefunction is 3.12+")
+    def test_a_function_marked_as_a_coroutine_function_is_awaited(self) -> None:
+        sdk = self.sdk()
+
+        def make() -> Any:
+            async def body() -> str:
+                return "done"
+
+            return body()
+
+        marked = inspect.markcoroutinefunction(make)  # type: ignore[attr-defined,unused-ignore]
+        wrapped = sdk.run("marked")(marked)
+        self.assertTrue(inspect.iscoroutinefunction(wrapped))
+        self.assertEqual(asyncio.run(wrapped()), "done")
+        self.assertEqual(self.server.statuses()[-1], ("SUCCEEDED", "marked succeeded."))
+
+    def test_generator_functions_are_refused_with_what_to_do(self) -> None:
+        sdk = self.sdk()
+
+        def rows() -> Any:
+            yield 1
+
+        async def arows() -> Any:
+            yield 1
+
+        for func in (rows, arows):
+            with self.subTest(func=func.__name__), self.assertRaisesRegex(TypeError, "Report the code that consumes"):
+                sdk.run()(func)
+        self.assertEqual(self.server.requests, [])
 
     def test_async_exception_is_reraised(self) -> None:
         sdk = self.sdk()
@@ -1134,7 +1220,7 @@ class AsyncRunTest(SDKTestCase):
 
         with self.assertRaisesRegex(ValueError, "async bad"):
             asyncio.run(boom())
-        self.assertEqual(self.statuses()[-1], ("FAILED", "boom failed. Error: async bad"))
+        self.assertEqual(self.server.statuses()[-1], ("FAILED", "boom failed. Error: async bad"))
 
     def test_async_context_manager_and_steps(self) -> None:
         sdk = self.sdk()
@@ -1148,7 +1234,7 @@ class AsyncRunTest(SDKTestCase):
                 await asyncio.gather(step(), step())
 
         asyncio.run(main())
-        statuses = self.statuses()
+        statuses = self.server.statuses()
         self.assertEqual(statuses[0], ("RUNNING", "load started."))
         self.assertEqual(statuses[-1], ("SUCCEEDED", "load succeeded."))
         # The two steps report from worker threads, so their events may interleave either way;
@@ -1174,7 +1260,7 @@ class AsyncRunTest(SDKTestCase):
                 await task
 
         asyncio.run(asyncio.wait_for(main(), WAIT))
-        self.assertEqual(self.statuses()[-1], ("CANCELLED", "slow cancelled."))
+        self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "slow cancelled."))
 
     def test_event_loop_keeps_running_while_an_update_is_in_flight(self) -> None:
         self.server.then(delay(0.6, reply(200)))
@@ -1207,8 +1293,7 @@ class AsyncRunTest(SDKTestCase):
 class LogTest(SDKTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.folder)
+        self.folder = temp_folder(self)
         self.path = os.path.join(self.folder, "orchestra.log")
 
     def log_events(self) -> List[Any]:
@@ -1312,12 +1397,9 @@ class LogTest(SDKTestCase):
             app_log.warning("a warning")
             raise RuntimeError("broken")
 
-        no_handlers = not logging.getLogger().handlers  # pytest adds its own
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), self.assertRaises(RuntimeError):
             work()
         self.assertEqual(stdout.getvalue(), "printed line\n")  # still shown as usual
-        if no_handlers:
-            self.assertEqual(stderr.getvalue(), "to stderr\na warning\n")  # last-resort output kept
         (log_event,) = self.log_events()
         self.assertEqual(log_event["log_name"], "etl")
         data = log_event["data"]
@@ -1327,6 +1409,24 @@ class LogTest(SDKTestCase):
         self.assertIn("Traceback (most recent call last)", data)
         self.assertIn("RuntimeError: broken", data)
         self.assertEqual(self.server.events[-2]["status"], "FAILED")
+
+    def test_capture_leaves_what_the_program_shows_unchanged(self) -> None:
+        # In a child process: a test runner's own logging setup must not decide what is checked.
+        code = textwrap.dedent(
+            f"""\
+            import logging, sys, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK(log_file={os.path.join(self.folder, "absent.log")!r}, send_logs=True)
+            with sdk.run("etl"):
+                print("printed line")
+                sys.stderr.write("to stderr\\n")
+                logging.getLogger("app").info("not shown: root is at WARNING")
+                logging.getLogger("app").warning("a warning")
+            """
+        )
+        result = run_python(code, env=orchestra_env(self.server.url))
+        self.assertEqual((result.stdout, result.stderr), ("printed line\n", "to stderr\na warning\n"))
+        data = self.server.events[-1]["data"]
+        self.assertRegex(data, r"^printed line\nto stderr\n[0-9-]+ [0-9:,]+ WARNING app: a warning\n$")
 
     def test_capture_includes_info_records_when_logging_is_configured(self) -> None:
         root = logging.getLogger()
@@ -1354,9 +1454,18 @@ class LogTest(SDKTestCase):
 
     def test_exactly_one_log_event_per_outermost_run(self) -> None:
         sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
-        with sdk.run("outer"), sdk.run("inner"):
-            print("x", file=io.StringIO())
-        self.assertEqual(len(self.log_events()), 1)
+        with contextlib.redirect_stdout(io.StringIO()) as shown, sdk.run("outer"), sdk.run("inner"):
+            print("x")
+        (log_event,) = self.log_events()
+        self.assertEqual((log_event["log_name"], log_event["data"]), ("outer", "x\n"))
+        self.assertEqual(shown.getvalue(), "x\n")
+
+    def test_writelines_on_a_captured_stream_is_shown_and_kept(self) -> None:
+        sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
+        with contextlib.redirect_stdout(io.StringIO()) as shown, sdk.run("job"):
+            sys.stdout.writelines(["a\n", "b", "c\n"])
+        self.assertEqual(shown.getvalue(), "a\nbc\n")
+        self.assertEqual(self.log_events()[0]["data"], "a\nbc\n")
 
     def test_streams_are_restored_after_the_run(self) -> None:
         before = (sys.stdout, sys.stderr)
@@ -1394,6 +1503,14 @@ class LambdaTest(SDKTestCase):
         self.assertRegex(sdk.log_file, rf"^/tmp/{TASK_RUN_ID}_\d+\.log$")
         self.assertTrue(sdk.update_task(status="RUNNING"))
         self.assertEqual(self.server.events, [status_event("RUNNING", None)])
+
+    def test_an_id_that_is_not_a_string_is_read_as_its_text(self) -> None:
+        sdk = self.sdk()
+        sdk.configure_aws_lambda_event({"orchestra_task_run_id": uuid.UUID(TASK_RUN_ID)})
+        self.assertEqual(sdk.task_run_id, uuid.UUID(TASK_RUN_ID))
+        sdk.configure_aws_lambda_event({"orchestra_task_run_id": 12345})
+        self.assertIsNone(sdk.task_run_id)
+        self.assertIn("orchestra_task_run_id='12345' is not a UUID", self.log_lines("WARNING")[0])
 
     def test_event_without_orchestra_fields_leaves_the_sdk_unconfigured(self) -> None:
         sdk = self.sdk()
@@ -1518,48 +1635,47 @@ def run_python(
 
 class ImportTest(unittest.TestCase):
     def test_official_import_paths(self) -> None:
-        code = (
-            "from orchestra_sdk.orchestra import OrchestraSDK\n"
-            "from orchestra_sdk.enum import TaskRunStatus, WebhookEventType\n"
-            "from orchestra_sdk.errors import (\n"
-            "    LinkedConnectionNotFoundError, MissingEnvironmentKeysError, NoEnvironmentVariablesFoundError)\n"
-            "from orchestra_sdk.http import HTTPClient\n"
-            "from orchestra_sdk.check_environment import validate_environment\n"
-            "from orchestra_sdk.linked_connections import (\n"
-            "    LinkedConnection, get_linked_connection, list_linked_connections)\n"
-            "import orchestra_sdk\n"
-            "assert OrchestraSDK is orchestra_sdk.OrchestraSDK and TaskRunStatus.RUNNING.value == 'RUNNING'\n"
-            "print('ok')\n"
+        code = textwrap.dedent(
+            """\
+            from orchestra_sdk.orchestra import OrchestraSDK
+            from orchestra_sdk.enum import TaskRunStatus, WebhookEventType
+            from orchestra_sdk.errors import (
+                LinkedConnectionNotFoundError, MissingEnvironmentKeysError, NoEnvironmentVariablesFoundError)
+            from orchestra_sdk.http import HTTPClient
+            from orchestra_sdk.check_environment import validate_environment
+            from orchestra_sdk.linked_connections import (
+                LinkedConnection, get_linked_connection, list_linked_connections)
+            import orchestra_sdk
+            assert OrchestraSDK is orchestra_sdk.OrchestraSDK and TaskRunStatus.RUNNING.value == 'RUNNING'
+            print('ok')
+            """
         )
         result = run_python(code)
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "ok\n", ""))
 
     def test_importing_configures_nothing(self) -> None:
-        code = (
-            "import os, signal, sys\n"
-            f"sys.path.insert(0, {HERE!r})\n"
-            "env = dict(os.environ); handler = signal.getsignal(signal.SIGTERM); before = set(sys.modules)\n"
-            "import orchestra_sdk\n"
-            "after = set(sys.modules)\n"
-            "import logging, threading\n"
-            "assert logging.getLogger().handlers == [] and logging.getLogger('orchestra_sdk').handlers == []\n"
-            "assert threading.active_count() == 1 and dict(os.environ) == env\n"
-            "assert signal.getsignal(signal.SIGTERM) is handler\n"
-            "lazy = ('urllib.request', 'asyncio', 'argparse', 'http.server', 'http.client', 'ssl', 'socket',\n"
-            "        'typing', 'uuid', 'subprocess', 'random', 'ipaddress', 'email.utils')\n"
-            "print([m for m in lazy if m in after and m not in before])\n"
+        code = textwrap.dedent(
+            f"""\
+            import os, signal, sys
+            sys.path.insert(0, {HERE!r})
+            env = dict(os.environ); handler = signal.getsignal(signal.SIGTERM); before = set(sys.modules)
+            import orchestra_sdk
+            after = set(sys.modules)
+            import logging, threading
+            assert logging.getLogger().handlers == [] and logging.getLogger('orchestra_sdk').handlers == []
+            assert threading.active_count() == 1 and dict(os.environ) == env
+            assert signal.getsignal(signal.SIGTERM) is handler
+            lazy = ('urllib.request', 'asyncio', 'argparse', 'http.server', 'http.client', 'ssl', 'socket',
+                    'typing', 'uuid', 'subprocess', 'random', 'ipaddress', 'email.utils')
+            print([m for m in lazy if m in after and m not in before])
+            """
         )
         result = run_python(code, "-E")
         self.assertEqual(result.stderr, "")
         self.assertEqual(result.stdout, "[]\n")
 
     def test_failed_update_reaches_stderr_without_logging_configured(self) -> None:
-        env = dict(
-            os.environ,
-            ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID,
-            ORCHESTRA_API_KEY=API_KEY,
-            ORCHESTRA_WEBHOOK_URL=f"http://127.0.0.1:{refusing_port(self)}/",
-        )
+        env = orchestra_env(f"http://127.0.0.1:{refusing_port(self)}/")
         code = "import orchestra_sdk; print(orchestra_sdk.OrchestraSDK(retries=0).update_task(message='x'))"
         result = run_python(code, env=env)
         self.assertEqual(result.stdout, "False\n")
@@ -1569,9 +1685,7 @@ class ImportTest(unittest.TestCase):
     def test_no_site_packages_import_and_update(self) -> None:
         server = Recorder()
         self.addCleanup(server.close)
-        env = dict(
-            os.environ, ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=server.url
-        )
+        env = orchestra_env(server.url)
         result = run_python(
             "import orchestra_sdk; print(orchestra_sdk.OrchestraSDK().update_task(status='RUNNING'))", "-S", env=env
         )
@@ -1589,15 +1703,8 @@ class SigtermTest(unittest.TestCase):
     def setUp(self) -> None:
         self.server = Recorder()
         self.addCleanup(self.server.close)
-        self.folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.folder)
-        self.env = dict(
-            os.environ,
-            ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID,
-            ORCHESTRA_API_KEY=API_KEY,
-            ORCHESTRA_WEBHOOK_URL=self.server.url,
-        )
-        self.env.pop("ORCHESTRA_SDK_WRAPPED", None)
+        self.folder = temp_folder(self)
+        self.env = orchestra_env(self.server.url)
 
     def start(self, code: str) -> subprocess.Popen[str]:
         child, ready = spawn(self, [sys.executable, "-c", code], self.env)
@@ -1606,18 +1713,20 @@ class SigtermTest(unittest.TestCase):
 
     def test_sigterm_reports_cancelled_runs_finally_and_exits_143(self) -> None:
         marker = os.path.join(self.folder, "finally-ran")
-        code = (
-            "import atexit, sys, time, orchestra_sdk\n"
-            "sdk = orchestra_sdk.OrchestraSDK()\n"
-            f"atexit.register(lambda: open({marker!r} + '.atexit', 'w').close())\n"
-            "@sdk.run()\n"
-            "def job():\n"
-            "    try:\n"
-            "        print('ready', flush=True)\n"
-            "        time.sleep(30)\n"
-            "    finally:\n"
-            f"        open({marker!r}, 'w').close()\n"
-            "job()\n"
+        code = textwrap.dedent(
+            f"""\
+            import atexit, sys, time, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            atexit.register(lambda: open({marker!r} + '.atexit', 'w').close())
+            @sdk.run()
+            def job():
+                try:
+                    print('ready', flush=True)
+                    time.sleep(30)
+                finally:
+                    open({marker!r}, 'w').close()
+            job()
+            """
         )
         child = self.start(code)
         child.send_signal(signal.SIGTERM)
@@ -1627,14 +1736,16 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(self.server.events[-1], status_event("CANCELLED", "job cancelled: received SIGTERM."))
 
     def test_sigterm_in_an_async_run(self) -> None:
-        code = (
-            "import asyncio, orchestra_sdk\n"
-            "sdk = orchestra_sdk.OrchestraSDK()\n"
-            "@sdk.run()\n"
-            "async def job():\n"
-            "    print('ready', flush=True)\n"
-            "    await asyncio.sleep(30)\n"
-            "asyncio.run(job())\n"
+        code = textwrap.dedent(
+            """\
+            import asyncio, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            @sdk.run()
+            async def job():
+                print('ready', flush=True)
+                await asyncio.sleep(30)
+            asyncio.run(job())
+            """
         )
         child = self.start(code)
         child.send_signal(signal.SIGTERM)
@@ -1643,12 +1754,14 @@ class SigtermTest(unittest.TestCase):
 
     def test_sigterm_during_the_final_report_waits_for_it_and_the_log(self) -> None:
         self.server.then(reply(200), delay(1.0, reply(200)))  # the final status is answered slowly
-        code = (
-            "import orchestra_sdk\n"
-            "sdk = orchestra_sdk.OrchestraSDK(log_file='/nonexistent/x.log', send_logs=True)\n"
-            "print('ready', flush=True)\n"
-            "with sdk.run('job'):\n"
-            "    print('working')\n"
+        code = textwrap.dedent(
+            """\
+            import orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK(log_file='/nonexistent/x.log', send_logs=True)
+            print('ready', flush=True)
+            with sdk.run('job'):
+                print('working')
+            """
         )
         child = self.start(code)
         deadline = time.monotonic() + WAIT
@@ -1660,16 +1773,18 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(kinds, [("UPDATE_STATUS", "RUNNING"), ("UPDATE_STATUS", "SUCCEEDED"), ("LOG", None)])
 
     def test_own_sigterm_handler_is_left_alone(self) -> None:
-        code = (
-            "import signal, sys, time, orchestra_sdk\n"
-            "def mine(signum, frame):\n"
-            "    print('own handler', flush=True); sys.exit(5)\n"
-            "signal.signal(signal.SIGTERM, mine)\n"
-            "sdk = orchestra_sdk.OrchestraSDK()\n"
-            "with sdk.run('job'):\n"
-            "    assert signal.getsignal(signal.SIGTERM) is mine\n"
-            "    print('ready', flush=True)\n"
-            "    time.sleep(30)\n"
+        code = textwrap.dedent(
+            """\
+            import signal, sys, time, orchestra_sdk
+            def mine(signum, frame):
+                print('own handler', flush=True); sys.exit(5)
+            signal.signal(signal.SIGTERM, mine)
+            sdk = orchestra_sdk.OrchestraSDK()
+            with sdk.run('job'):
+                assert signal.getsignal(signal.SIGTERM) is mine
+                print('ready', flush=True)
+                time.sleep(30)
+            """
         )
         child = self.start(code)
         child.send_signal(signal.SIGTERM)
@@ -1679,27 +1794,31 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(self.server.events[-1], status_event("FAILED", "job failed. Error: exit code 5"))
 
     def test_run_in_a_worker_thread_leaves_signals_alone(self) -> None:
-        code = (
-            "import signal, threading, orchestra_sdk\n"
-            "sdk = orchestra_sdk.OrchestraSDK()\n"
-            "seen = []\n"
-            "def work():\n"
-            "    with sdk.run('job'):\n"
-            "        seen.append(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
-            "thread = threading.Thread(target=work); thread.start(); thread.join()\n"
-            "print(seen)\n"
+        code = textwrap.dedent(
+            """\
+            import signal, threading, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            seen = []
+            def work():
+                with sdk.run('job'):
+                    seen.append(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+            thread = threading.Thread(target=work); thread.start(); thread.join()
+            print(seen)
+            """
         )
         result = run_python(code, env=self.env)
         self.assertEqual(result.stdout, "[True]\n", result.stderr)
         self.assertEqual(self.server.events[-1], status_event("SUCCEEDED", "job succeeded."))
 
     def test_default_disposition_is_restored_after_the_run(self) -> None:
-        code = (
-            "import signal, orchestra_sdk\n"
-            "sdk = orchestra_sdk.OrchestraSDK()\n"
-            "with sdk.run('job'):\n"
-            "    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL\n"
-            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        code = textwrap.dedent(
+            """\
+            import signal, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            with sdk.run('job'):
+                assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+            """
         )
         result = run_python(code, env=self.env)
         self.assertEqual(result.stdout, "True\n", result.stderr)
@@ -1782,10 +1901,7 @@ class CLITest(unittest.TestCase):
     def setUp(self) -> None:
         self.server = Recorder()
         self.addCleanup(self.server.close)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA")}
-        self.env.update(
-            ORCHESTRA_TASK_RUN_ID=TASK_RUN_ID, ORCHESTRA_API_KEY=API_KEY, ORCHESTRA_WEBHOOK_URL=self.server.url
-        )
+        self.env = orchestra_env(self.server.url)
 
     def cli(
         self, *args: str, stdin: Optional[bytes] = None, env: Optional[Dict[str, str]] = None
@@ -1802,20 +1918,17 @@ class CLITest(unittest.TestCase):
             self.assertNotIn(API_KEY.encode(), stream)
         return result
 
-    def statuses(self) -> List[Tuple[Optional[str], Optional[str]]]:
-        return [(e.get("status"), e.get("message")) for e in self.server.events]
-
     def test_run_success_passes_output_through_byte_for_byte(self) -> None:
         code = "import sys; sys.stdout.buffer.write(b'out\\x00\\xff\\n'); sys.stderr.buffer.write(b'err\\r\\n')"
         result = self.cli("run", "--", sys.executable, "-c", code)
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, b"out\x00\xff\n", b"err\r\n"))
         name = os.path.basename(sys.executable)
-        self.assertEqual(self.statuses(), [("RUNNING", f"{name} started."), ("SUCCEEDED", f"{name} succeeded.")])
+        self.assertEqual(self.server.statuses(), [("RUNNING", f"{name} started."), ("SUCCEEDED", f"{name} succeeded.")])
 
     def test_run_failure_exit_status_and_message(self) -> None:
         result = self.cli("run", "--name", "load", "--", sys.executable, "-c", "import sys; sys.exit(3)")
         self.assertEqual(result.returncode, 3)
-        self.assertEqual(self.statuses()[-1], ("FAILED", "load failed. Error: exit code 3"))
+        self.assertEqual(self.server.statuses()[-1], ("FAILED", "load failed. Error: exit code 3"))
 
     def test_run_with_send_logs_keeps_output_and_last_error_line(self) -> None:
         code = (
@@ -1845,7 +1958,7 @@ class CLITest(unittest.TestCase):
             "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
         )
         self.assertEqual(result.returncode, 128 + 9)
-        self.assertEqual(self.statuses()[-1], ("FAILED", "job failed. Error: killed by SIGKILL (exit code 137)"))
+        self.assertEqual(self.server.statuses()[-1], ("FAILED", "job failed. Error: killed by SIGKILL (exit code 137)"))
 
     @unittest.skipUnless(hasattr(signal, "SIGRTMIN"), "real-time signals")
     def test_run_killed_by_a_signal_without_a_name(self) -> None:
@@ -1854,7 +1967,7 @@ class CLITest(unittest.TestCase):
         signum = int(signal.SIGRTMIN) + 1
         self.assertEqual(result.returncode, 128 + signum)
         message = f"job failed. Error: killed by signal {signum} (exit code {128 + signum})"
-        self.assertEqual(self.statuses()[-1], ("FAILED", message))
+        self.assertEqual(self.server.statuses()[-1], ("FAILED", message))
 
     def test_send_logs_keeps_a_long_line_without_a_newline(self) -> None:
         code = "import sys; sys.stdout.write('x' * 100000)"
@@ -1867,10 +1980,10 @@ class CLITest(unittest.TestCase):
         self.assertEqual(result.returncode, 127)
         self.assertIn(b"no-such-command-xyz: command not found", result.stderr)
         self.assertEqual(
-            self.statuses()[-1], ("FAILED", "no-such-command-xyz failed. Error: no-such-command-xyz: command not found")
+            self.server.statuses()[-1],
+            ("FAILED", "no-such-command-xyz failed. Error: no-such-command-xyz: command not found"),
         )
-        folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, folder)
+        folder = temp_folder(self)
         script = os.path.join(folder, "script.sh")
         with open(script, "w") as handle:
             handle.write("#!/bin/sh\necho hi\n")
@@ -1881,7 +1994,7 @@ class CLITest(unittest.TestCase):
         result = self.cli("run", "--name", "job", "--", sys.executable, "-c", code)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(
-            self.statuses(),
+            self.server.statuses(),
             [
                 ("RUNNING", "job started."),
                 (None, "inner started."),
@@ -1897,23 +2010,25 @@ class CLITest(unittest.TestCase):
         self.assertEqual(ready, "ready\n")
         wrapper.send_signal(signal.SIGTERM)
         self.assertEqual(wrapper.wait(WAIT), 143)
-        self.assertEqual(self.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
+        self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
 
     @unittest.skipUnless(sys.platform.startswith("linux"), "a pseudo-terminal as controlling terminal")
     def test_ctrl_c_in_a_terminal_reaches_the_command_exactly_once(self) -> None:
         import pty
         import select
 
-        code = (
-            "import signal, sys, time\n"
-            "count = []\n"
-            "signal.signal(signal.SIGINT, lambda *a: count.append(1))\n"
-            "print('ready', flush=True)\n"
-            "deadline = time.monotonic() + 3\n"
-            "while time.monotonic() < deadline and not count:\n"
-            "    time.sleep(0.01)\n"
-            "time.sleep(0.3)\n"
-            "print('sigints', len(count), flush=True)\n"
+        code = textwrap.dedent(
+            """\
+            import signal, sys, time
+            count = []
+            signal.signal(signal.SIGINT, lambda *a: count.append(1))
+            print('ready', flush=True)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not count:
+                time.sleep(0.01)
+            time.sleep(0.3)
+            print('sigints', len(count), flush=True)
+            """
         )
         argv = [sys.executable, MODULE_FILE, "run", "--name", "job", "--", sys.executable, "-c", code]
         pid, master = pty.fork()  # the child gets a new session with the pty as its terminal
@@ -1939,7 +2054,7 @@ class CLITest(unittest.TestCase):
         status = wait_for_pid(pid)
         self.assertIn(b"sigints 1", output)
         self.assertEqual(os.WEXITSTATUS(status), 0)
-        self.assertEqual(self.statuses()[-1], ("SUCCEEDED", "job succeeded."))
+        self.assertEqual(self.server.statuses()[-1], ("SUCCEEDED", "job succeeded."))
 
     def test_update_output_and_log_commands(self) -> None:
         self.assertEqual(self.cli("update", "--status", "running", "--message", "hi").returncode, 0)
@@ -2003,8 +2118,7 @@ class CLITest(unittest.TestCase):
         self.assertEqual(result.stdout.strip(), f"orchestra-sdk {orchestra_sdk.__version__}".encode())
 
     def test_local_mode_shows_every_event_and_a_summary(self) -> None:
-        folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, folder)
+        folder = temp_folder(self)
         shutil.copy(MODULE_FILE, folder)  # only the vendored file: the command must still import it
         env = {k: v for k, v in self.env.items() if not k.startswith("ORCHESTRA") and k != "PYTHONPATH"}
         script = os.path.join(HERE, "examples", "quickstart.py")
@@ -2052,8 +2166,7 @@ class CLITest(unittest.TestCase):
 
 class ExampleTest(SDKTestCase):
     def test_official_style_example_runs_unchanged(self) -> None:
-        folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, folder)
+        folder = temp_folder(self)
         lambda_run_id = str(uuid.uuid4())
         env = dict(
             os.environ,
