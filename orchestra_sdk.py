@@ -26,6 +26,7 @@ import contextvars
 import dataclasses
 import functools
 import inspect
+import io
 import json
 import logging
 import os
@@ -47,7 +48,6 @@ from enum import Enum
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import types
-    import urllib.request
     import uuid
     from typing import (
         Any,
@@ -622,24 +622,6 @@ def _parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
-def _build_opener(webhook_url: str) -> urllib.request.OpenerDirector:
-    """An opener that follows no redirect, raises for no status, and skips proxies for loopback."""
-    import urllib.request
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(webhook_url)
-    opener = urllib.request.OpenerDirector()
-    loopback = _is_loopback(parts.hostname or "")
-    opener.add_handler(urllib.request.ProxyHandler({} if loopback else None))
-    opener.add_handler(urllib.request.HTTPHandler())
-    if parts.scheme == "https":
-        import ssl
-
-        # One context per opener: a context per request would reload the CA store every time.
-        opener.add_handler(urllib.request.HTTPSHandler(context=ssl.create_default_context()))
-    return opener
-
-
 def _mask(text: str, secret: str) -> str:
     """`text` with `secret` replaced by ***. A secret under 8 characters cannot be told from
     ordinary text (masking one letter garbles every message); Orchestra's keys are far longer."""
@@ -794,20 +776,314 @@ def _post_event(
         time.sleep(delay)
 
 
-class _Transport:
-    """How one client reaches its webhook: an opener, built once per webhook URL."""
+# -- connections: kept alive, fork-safe, every read bounded by the attempt's end -------------
 
-    def __init__(self) -> None:
+KEEP_ALIVE_IDLE = 15.0  # seconds an idle connection may wait before it is not reused
+_DRAIN_LIMIT = 64 * 1024  # a response body read to its end (so the connection can be reused)
+_DRAIN_TIME = 0.25  # ...when it arrives this quickly
+_STALE_ERRORS = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)  # RemoteDisconnected is one
+
+
+class _TrustStore:
+    """The TLS contexts for the webhook. Trust anchors are looked up when a handshake needs them,
+    from the system's hashed certificate directory, instead of parsing every CA certificate up
+    front (about 20 ms of a cold start); the full default store is used where there is no such
+    directory, where ``SSL_CERT_FILE`` names a file, and once the lazy lookup failed to verify."""
+
+    def __init__(self, capath: Optional[str] = None, full: Optional[Callable[[], Any]] = None) -> None:
+        import ssl
+
+        self._full_factory = full or ssl.create_default_context
+        self._lazy_capath = capath if capath is not None else _hashed_ca_directory()
+        self._context: Any = None
+        self.lazy = False
+        self._lock = threading.Lock()
+
+    def context(self) -> Any:
+        with self._lock:
+            if self._context is None:
+                if self._lazy_capath:
+                    import ssl
+
+                    self._context, self.lazy = ssl.create_default_context(capath=self._lazy_capath), True
+                else:
+                    self._context = self._full_factory()
+            return self._context
+
+    def fall_back(self, failed: Any) -> bool:
+        """After `failed` (a lazy context) could not verify: use the full store. False when there
+        is nothing else to try."""
+        with self._lock:
+            if not self.lazy or failed is not self._context:
+                return failed is not self._context  # another thread already switched: try again
+            self._context, self.lazy = self._full_factory(), False
+            return True
+
+
+def _hashed_ca_directory() -> Optional[str]:
+    """The default verify paths' CA directory when lazy look-ups can use it, else None."""
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    if os.environ.get(paths.openssl_cafile_env) or not paths.capath:
+        return None  # an explicit CA file must be honoured: the full store reads it
+    try:
+        with os.scandir(paths.capath) as entries:
+            for entry in entries:
+                name, dot, suffix = entry.name.partition(".")
+                if dot and len(name) == 8 and suffix.isdigit() and set(name) <= _HEX_DIGITS:
+                    return paths.capath  # hashed (c_rehash / openssl rehash): lookups work
+    except OSError:
+        pass
+    return None
+
+
+def _connect(address: Tuple[str, int], timeout: Optional[float], source_address: Any = None) -> Any:
+    """socket.create_connection, with the DNS look-up bounded too (getaddrinfo ignores socket
+    timeouts and can hang for minutes): it runs in a thread that is given up on at `timeout`."""
+    import socket
+
+    host, port = address
+    if _is_ip_literal(host) or timeout is None:
+        return socket.create_connection(address, timeout, source_address)
+    found: List[Any] = []
+
+    def resolve() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except Exception as exc:
+            found.append(exc)
+
+    started = time.monotonic()
+    lookup = threading.Thread(target=resolve, name="orchestra-sdk-dns", daemon=True)
+    lookup.start()
+    lookup.join(timeout)
+    if not found:
+        raise socket.timeout(f"DNS look-up of {host} gave no answer within {timeout:g} s")
+    if isinstance(found[0], BaseException):
+        raise found[0]
+    error: Optional[BaseException] = None
+    for family, kind, proto, _, sockaddr in found[0]:
+        remaining = timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(remaining)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            sock.settimeout(timeout)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error or socket.timeout(f"could not connect to {host} within {timeout:g} s")
+
+
+def _is_ip_literal(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _response_class() -> Any:
+    """http.client.HTTPResponse, made to read within a hard end, skip interim (1xx) answers,
+    never print, and give its connection back for reuse when closed after a complete body."""
+    import http.client
+    import socket
+
+    class DeadlineIO(socket.SocketIO):
+        def __init__(self, sock: Any, response: Any) -> None:
+            super().__init__(sock, "rb")
+            self._timed_sock = sock
+            self._response = response
+
+        def readinto(self, buffer: Any) -> Optional[int]:
+            remaining = self._response.ends_at - time.monotonic()
+            if remaining <= 0:  # a trickling server cannot stretch an attempt past its end
+                raise socket.timeout("the attempt's time is up")
+            self._timed_sock.settimeout(remaining)
+            return super().readinto(buffer)
+
+    class Response(http.client.HTTPResponse):
+        def __init__(
+            self, sock: Any, debuglevel: int = 0, method: Optional[str] = None, url: Any = None, *, ends_at: float
+        ) -> None:
+            super().__init__(sock, 0, method, url)  # debuglevel 0: headers (the key) are never printed
+            self.fp.close()
+            self.fp = io.BufferedReader(DeadlineIO(sock, self))
+            self.ends_at = ends_at
+            self.on_close: Optional[Callable[[bool], None]] = None
+
+        def begin(self) -> None:
+            super().begin()
+            for _ in range(20):  # 103 Early Hints and the like are not the answer: skip them
+                if not (100 <= self.status < 200 and self.status != 101):
+                    return
+                self.headers = self.msg = None  # type: ignore[assignment]
+                super().begin()
+
+        def close(self) -> None:
+            complete = self.fp is None  # the body was read to its end
+            if not complete and not self.will_close and self.length is not None and self.length <= _DRAIN_LIMIT:
+                self.ends_at = min(self.ends_at, time.monotonic() + _DRAIN_TIME)
+                try:
+                    self.read()
+                    complete = True
+                except Exception:
+                    pass
+            super().close()
+            on_close, self.on_close = self.on_close, None
+            if on_close is not None:
+                on_close(complete and not self.will_close)
+
+    return Response
+
+
+class _Transport:
+    """How one client reaches its webhook: ``urllib.request`` with handlers that keep one
+    connection alive between updates (reused after a complete answer, at most KEEP_ALIVE_IDLE
+    seconds idle, never across a fork, never by two threads at once) and read within the
+    attempt's time. Proxies (HTTPS_PROXY, NO_PROXY) and the no-redirect rule are urllib's."""
+
+    def __init__(self, trust: Optional[_TrustStore] = None) -> None:
         self._opener: Optional[Tuple[str, Any]] = None
+        self._trust = trust
+        self._idle: List[Tuple[Any, Any, float]] = []  # (key, connection, idle since)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.connections_opened = 0
 
     def post(
         self, webhook_url: str, api_key: str, event: _Event, task_run_id: str, policy: RetryPolicy, method: str = "POST"
     ) -> bool:
         opener = self._opener
         if opener is None or opener[0] != webhook_url:
-            opener = self._opener = (webhook_url, _build_opener(webhook_url))
+            opener = self._opener = (webhook_url, self._build_opener(webhook_url))
         body = event.body(task_run_id)
         return _post_event(opener[1], webhook_url, api_key, event.type.value, body, policy, method)
+
+    def _build_opener(self, webhook_url: str) -> Any:
+        """An opener that follows no redirect, raises for no status, and skips proxies for loopback."""
+        import urllib.request
+        from urllib.parse import urlsplit
+
+        transport = self
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req: Any) -> Any:
+                return transport._open(req, https=False)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req: Any) -> Any:
+                return transport._open(req, https=True)
+
+        opener = urllib.request.OpenerDirector()
+        loopback = _is_loopback(urlsplit(webhook_url).hostname or "")
+        opener.add_handler(urllib.request.ProxyHandler({} if loopback else None))
+        opener.add_handler(HTTP())
+        opener.add_handler(HTTPS())
+        return opener
+
+    def _open(self, req: Any, https: bool) -> Any:
+        """urllib's do_open, keeping the connection: one request on a reused or new connection."""
+        import http.client
+        import ssl
+        import urllib.error
+
+        if not req.host:
+            raise urllib.error.URLError("no host given")
+        headers = dict(req.unredirected_hdrs)
+        headers.update({k: v for k, v in req.headers.items() if k not in headers})
+        headers = {name.title(): value for name, value in headers.items()}
+        tunnel_headers = {}
+        if req._tunnel_host and "Proxy-Authorization" in headers:  # for the proxy, never the origin
+            tunnel_headers["Proxy-Authorization"] = headers.pop("Proxy-Authorization")
+        key = (https, req.host, req._tunnel_host)
+        ends_at = time.monotonic() + req.timeout
+        for _ in range(3):  # a stale kept-alive connection, a lazy trust store: each retried once, at once
+            conn, reused = self._checkout(key)
+            if conn is None:
+                conn = self._new_connection(req, https, tunnel_headers)
+            conn.response_class = functools.partial(_response_class(), ends_at=ends_at)
+            conn.timeout = req.timeout
+            try:
+                try:
+                    conn.request(req.get_method(), req.selector, req.data, headers)
+                except OSError as err:
+                    raise urllib.error.URLError(err) from err
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                if reused and isinstance(reason, _STALE_ERRORS):
+                    continue  # the server closed it while idle; the request never reached it
+                lazy_trust_failed = https and isinstance(reason, ssl.SSLCertVerificationError)
+                if lazy_trust_failed and self._trust is not None and self._trust.fall_back(conn._context):
+                    continue
+                raise
+            response.on_close = functools.partial(self._checkin, key, conn)
+            response.url = req.get_full_url()
+            response.msg = response.reason  # what urllib's own handlers leave there
+            return response
+        raise urllib.error.URLError("the connection was closed before an answer, three times")
+
+    def _new_connection(self, req: Any, https: bool, tunnel_headers: Dict[str, str]) -> Any:
+        import http.client
+
+        if https:
+            if self._trust is None:
+                self._trust = _TrustStore()
+            conn: Any = http.client.HTTPSConnection(req.host, timeout=req.timeout, context=self._trust.context())
+        else:
+            conn = http.client.HTTPConnection(req.host, timeout=req.timeout)
+        conn.set_debuglevel(0)  # http.client.HTTPConnection.debuglevel = 1 must not print the key
+        if hasattr(conn, "_create_connection"):
+            conn._create_connection = _connect
+        if req._tunnel_host:
+            conn.set_tunnel(req._tunnel_host, headers=tunnel_headers)
+        self.connections_opened += 1
+        return conn
+
+    def _checkout(self, key: Any) -> Tuple[Any, bool]:
+        """An idle connection for `key` that is still good, or (None, False)."""
+        import select
+
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
+                self._idle, self._pid = [], os.getpid()
+            found = None
+            now = time.monotonic()
+            for entry in list(self._idle):
+                self._idle.remove(entry)
+                entry_key, conn, since = entry
+                if entry_key == key and found is None and now - since < KEEP_ALIVE_IDLE:
+                    found = conn
+                else:
+                    conn.close()
+        if found is None:
+            return None, False
+        try:  # readable while idle: the server closed it (or sent junk); do not reuse
+            readable = found.sock is None or select.select([found.sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            readable = True
+        if readable:
+            found.close()
+            return None, False
+        return found, True
+
+    def _checkin(self, key: Any, conn: Any, reusable: bool) -> None:
+        if not reusable or conn.sock is None or self._pid != os.getpid():
+            conn.close()
+            return
+        with self._lock:
+            self._idle.append((key, conn, time.monotonic()))
 
 
 class HTTPClient:
