@@ -779,6 +779,7 @@ def _post_event(
 # -- connections: kept alive, fork-safe, every read bounded by the attempt's end -------------
 
 KEEP_ALIVE_IDLE = 15.0  # seconds an idle connection may wait before it is not reused
+_POOL_SIZE = 8  # idle connections kept (one per thread that sends at the same time)
 _DRAIN_LIMIT = 64 * 1024  # a response body read to its end (so the connection can be reused)
 _DRAIN_TIME = 0.25  # ...when it arrives this quickly
 _STALE_ERRORS = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)  # RemoteDisconnected is one
@@ -1056,17 +1057,16 @@ class _Transport:
         import select
 
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
-                self._idle, self._pid = [], os.getpid()
-            found = None
-            now = time.monotonic()
-            for entry in list(self._idle):
-                self._idle.remove(entry)
-                entry_key, conn, since = entry
-                if entry_key == key and found is None and now - since < KEEP_ALIVE_IDLE:
-                    found = conn
-                else:
-                    conn.close()
+            if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
+                self._pid, stale = os.getpid(), self._idle
+                self._idle = []
+            else:
+                now = time.monotonic()
+                stale = [entry for entry in self._idle if entry[0] != key or now - entry[2] >= KEEP_ALIVE_IDLE]
+                self._idle = [entry for entry in self._idle if entry not in stale]
+            found = self._idle.pop()[1] if self._idle else None  # the most recently used
+        for entry in stale:
+            entry[1].close()  # in a forked child this closes only the child's copy of the socket
         if found is None:
             return None, False
         try:  # readable while idle: the server closed it (or sent junk); do not reuse
@@ -1084,6 +1084,23 @@ class _Transport:
             return
         with self._lock:
             self._idle.append((key, conn, time.monotonic()))
+            surplus = self._idle[:-_POOL_SIZE]
+            del self._idle[:-_POOL_SIZE]
+        for entry in surplus:
+            entry[1].close()
+
+    def close(self) -> None:
+        """Close the idle connections (they are also closed when the client is collected)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for entry in idle:
+            entry[1].close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit, modules may be half torn down
+            pass
 
 
 class HTTPClient:

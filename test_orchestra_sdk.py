@@ -88,6 +88,12 @@ def reply(status: int, body: bytes = b'{"success": true}', headers: Optional[Dic
     return raw(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
 
+def kept_alive_reply(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
+    """200, leaving the connection open for the next request."""
+    body = b'{"success": true}'
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
 def drop() -> Action:
     """Close the connection before the status line."""
 
@@ -111,6 +117,19 @@ def hang() -> Action:
 
     def act(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
         server.stopping.wait(WAIT)
+
+    return act
+
+
+def trickle_head(head: bytes, interval: float) -> Action:
+    """Send the start of an answer one byte per `interval`: each byte well within a timeout."""
+
+    def act(handler: http.server.BaseHTTPRequestHandler, server: Recorder) -> None:
+        for byte in head:
+            if server.stopping.wait(interval):
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
 
     return act
 
@@ -148,6 +167,8 @@ class Recorder:
 
     def __init__(self) -> None:
         self.requests: List[Recorded] = []
+        self.connections = 0  # TCP connections accepted
+        self.keep_alive = False  # True: the default answer keeps the connection open
         self.script: Deque[Action] = deque()
         self.default: Action = reply(200)
         self.stopping = threading.Event()
@@ -156,14 +177,23 @@ class Recorder:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = WAIT  # an idle kept-alive connection ends with the test at the latest
+
+            def setup(self) -> None:
+                super().setup()
+                with recorder.lock:
+                    recorder.connections += 1
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with recorder.lock:
                     recorder.requests.append(Recorded("POST", self.path, headers, body))
-                    action = recorder.script.popleft() if recorder.script else recorder.default
-                self.close_connection = True
+                    scripted = bool(recorder.script)
+                    action = recorder.script.popleft() if scripted else recorder.default
+                self.close_connection = scripted or not recorder.keep_alive
+                if not self.close_connection:
+                    action = kept_alive_reply
                 try:
                     action(self, recorder)
                 except OSError:
@@ -836,6 +866,143 @@ class TransportTest(SDKTestCase):
         self.assertEqual(self.server.events[0]["message"], message)
 
 
+class DeadlineTest(SDKTestCase):
+    """Whatever the server does, an update ends within its deadline (plus a small margin)."""
+
+    def test_a_status_line_trickled_byte_by_byte_cannot_stretch_an_update(self) -> None:
+        self.server.default = trickle_head(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 200, interval=0.2)
+        elapsed = self.expect_failure(timeout=1.0, deadline=2.0)
+        self.assertGreater(elapsed, 0.9)
+
+    def test_headers_trickled_byte_by_byte_cannot_stretch_an_update(self) -> None:
+        self.server.default = trickle_head(b"H" * 300, interval=0.2)
+        self.expect_failure(timeout=0.5, deadline=1.2)
+
+    def test_no_attempt_starts_after_the_deadline_when_a_retry_sleep_overshoots(self) -> None:
+        self.server.default = reply(503, b"busy")
+        real_sleep = time.sleep
+        with mock.patch.object(time, "sleep", lambda seconds: real_sleep(seconds + 0.6)):
+            self.assertFalse(self.sdk(timeout=1.0, deadline=0.5, backoff=0.2, retries=5).update_task(message="x"))
+        (error,) = self.log_lines("ERROR")
+        self.assertIn("the 0.5 s deadline passed", error)
+        self.assertEqual(len(self.server.requests), 1)
+
+    def test_interim_answers_before_the_final_one_are_skipped(self) -> None:
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        self.server.then(raw(hints + hints + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+        self.assertTrue(self.sdk().update_task(message="x"))
+        self.assertEqual(len(self.server.requests), 1)
+
+    def test_a_dns_lookup_that_hangs_is_given_up_at_the_timeout(self) -> None:
+        # getaddrinfo ignores socket timeouts; a resolver that never answers is simulated here.
+        def hanging_getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+            self.server.stopping.wait(WAIT)
+            raise OSError("gave up")
+
+        started = time.monotonic()
+        with mock.patch("socket.getaddrinfo", hanging_getaddrinfo), self.assertRaisesRegex(OSError, "DNS look-up"):
+            orchestra_sdk._connect(("orchestra.invalid", 443), 0.3)
+        self.assertLess(time.monotonic() - started, 2.0)
+
+    def expect_failure(self, **policy: float) -> float:
+        sdk = self.sdk(**policy)
+        started = time.monotonic()
+        self.assertFalse(sdk.update_task(message="x"))
+        elapsed = time.monotonic() - started
+        self.assertLessEqual(elapsed, sdk.retry_policy.deadline + 0.5)
+        self.assertEqual(len(self.log_lines("ERROR")), 1)
+        return elapsed
+
+
+class KeepAliveTest(SDKTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.server.keep_alive = True
+
+    def test_one_connection_for_a_hundred_updates(self) -> None:
+        sdk = self.sdk()
+        self.assertTrue(all(sdk.update_task(message=f"m{n}") for n in range(100)))
+        self.assertEqual((self.server.connections, len(self.server.requests)), (1, 100))
+        self.assertEqual(sdk._transport.connections_opened, 1)
+
+    def test_an_answer_with_connection_close_means_a_new_connection_next_time(self) -> None:
+        sdk = self.sdk()
+        self.server.then(reply(200), reply(200))  # scripted answers say Connection: close
+        self.assertTrue(all(sdk.update_task(message=f"m{n}") for n in range(4)))
+        self.assertEqual(self.server.connections, 3)
+
+    def test_a_connection_the_server_closed_while_idle_is_not_reused(self) -> None:
+        sdk = self.sdk(retries=0)
+        self.server.then(lambda handler, server: kept_alive_reply(handler, server))  # then closes, idle
+        self.assertTrue(sdk.update_task(message="a"))
+        self.assertTrue(sdk.update_task(message="b"))
+        self.assertEqual((self.server.connections, len(self.server.requests)), (2, 2))
+        self.assertEqual(self.log_lines("ERROR"), [])
+
+    def test_a_reused_connection_dropped_before_any_answer_is_retried_at_once_uncounted(self) -> None:
+        sdk = self.sdk(retries=0)
+        self.assertTrue(sdk.update_task(message="a"))
+        self.server.then(drop())  # the kept connection dies as the next request arrives
+        self.assertTrue(sdk.update_task(message="b"))
+        self.assertEqual([r.json["message"] for r in self.server.requests], ["a", "b", "b"])
+        self.assertEqual(self.server.connections, 2)
+        self.assertFalse(any("attempt 1 failed" in line for line in self.log.lines), self.log.lines)
+
+    def test_a_connection_idle_too_long_is_not_reused(self) -> None:
+        sdk = self.sdk()
+        with mock.patch.object(orchestra_sdk, "KEEP_ALIVE_IDLE", 0.05):
+            self.assertTrue(sdk.update_task(message="a"))
+            time.sleep(0.1)
+            self.assertTrue(sdk.update_task(message="b"))
+        self.assertEqual(self.server.connections, 2)
+
+    def test_threads_never_share_a_connection_at_once(self) -> None:
+        sdk = self.sdk()
+        results: List[bool] = []
+        threads = [
+            threading.Thread(target=lambda: results.extend(sdk.update_task(message="t") for _ in range(50)))
+            for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        self.assertEqual(results.count(True), 400)
+        self.assertLessEqual(self.server.connections, 8)
+        self.assertEqual(len(self.server.requests), 400)
+
+    @unittest.skipUnless(hasattr(os, "fork"), "os.fork")
+    def test_a_forked_child_never_uses_the_parents_connection(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import os, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            assert sdk.update_task(message="parent 1")
+            pid = os.fork()
+            if pid == 0:
+                ok = sdk.update_task(message="child")
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            assert sdk.update_task(message="parent 2")
+            print(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8)
+            """
+        )
+        result = run_python(code, env=orchestra_env(self.server.url))
+        self.assertEqual(result.stdout, "0\n", result.stderr)
+        self.assertEqual([e["message"] for e in self.server.events], ["parent 1", "child", "parent 2"])
+        self.assertEqual(self.server.connections, 2)  # the parent's, kept; the child's own
+
+    def test_debug_output_of_http_client_never_shows_the_key(self) -> None:
+        import http.client
+
+        self.addCleanup(setattr, http.client.HTTPConnection, "debuglevel", http.client.HTTPConnection.debuglevel)
+        http.client.HTTPConnection.debuglevel = 1
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            self.assertTrue(self.sdk().update_task(message="x"))
+        self.assertNotIn(API_KEY, printed.getvalue())
+        self.assertEqual(printed.getvalue(), "")
+
+
 class RetryPolicyTest(unittest.TestCase):
     def test_backoff_doubles_with_jitter_and_a_cap(self) -> None:
         policy = orchestra_sdk.RetryPolicy(backoff=0.5, backoff_max=3.0)
@@ -950,8 +1117,86 @@ class TLSTest(SDKTestCase):
 
     def test_certificate_named_by_ssl_cert_file_is_trusted(self) -> None:
         os.environ["SSL_CERT_FILE"] = self.cert
+        self.assertIsNone(orchestra_sdk._hashed_ca_directory())  # an explicit file: the full store reads it
         self.assertTrue(self.sdk().update_task(message="x"))
         self.assertEqual(self.server.events, [status_event(None, "x")])
+
+    def hashed_directory(self, *certificates: str) -> str:
+        """A CA directory as c_rehash makes it: each certificate under <subject hash>.0."""
+        folder = temp_folder(self)
+        for certificate in certificates:
+            digest = subprocess.run(
+                ["openssl", "x509", "-hash", "-noout", "-in", certificate], capture_output=True, text=True, timeout=WAIT
+            ).stdout.strip()
+            shutil.copy(certificate, os.path.join(folder, f"{digest}.0"))
+        return folder
+
+    def other_ca(self) -> str:
+        folder = temp_folder(self)
+        cert = os.path.join(folder, "other.pem")
+        key = os.path.join(folder, "k.pem")
+        args = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert]
+        subprocess.run(
+            [*args, "-days", "1", "-subj", "/CN=localhost"],
+            check=True,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        return cert
+
+    def handshake_with_default_context(self) -> bool:
+        import ssl
+
+        port = int(self.server.url.split(":")[2].split("/")[0])
+        try:
+            with socket.create_connection(("127.0.0.1", port), WAIT) as sock:
+                ssl.create_default_context().wrap_socket(sock, server_hostname="127.0.0.1").close()
+        except ssl.SSLCertVerificationError:
+            return False
+        return True
+
+    def test_lazy_lookups_accept_what_the_default_context_accepts(self) -> None:
+        os.environ.pop("SSL_CERT_FILE", None)
+        os.environ["SSL_CERT_DIR"] = self.hashed_directory(self.cert)
+        self.assertEqual(orchestra_sdk._hashed_ca_directory(), os.environ["SSL_CERT_DIR"])
+        self.assertTrue(self.handshake_with_default_context())
+        sdk = self.sdk()
+        self.assertTrue(sdk.update_task(message="x"))
+        trust = sdk._transport._trust
+        assert trust is not None
+        self.assertTrue(trust.lazy)  # verified by a lazy look-up, not the full store
+
+    def test_lazy_lookups_refuse_what_the_default_context_refuses(self) -> None:
+        os.environ.pop("SSL_CERT_FILE", None)
+        os.environ["SSL_CERT_DIR"] = self.hashed_directory(self.other_ca())
+        self.assertFalse(self.handshake_with_default_context())
+        sdk = self.sdk()
+        self.assertFalse(sdk.update_task(message="x"))
+        (line,) = self.log_lines("ERROR")
+        self.assertIn("certificate could not be verified", line)
+        self.assertEqual(self.server.requests, [])
+
+    def test_a_failed_lazy_lookup_is_tried_once_more_with_the_full_store(self) -> None:
+        import ssl
+
+        os.environ.pop("SSL_CERT_FILE", None)
+        trust = orchestra_sdk._TrustStore(
+            capath=self.hashed_directory(self.other_ca()), full=lambda: ssl.create_default_context(cafile=self.cert)
+        )
+        sdk = self.sdk(retries=0)
+        sdk._transport = orchestra_sdk._Transport(trust)
+        self.assertTrue(sdk.update_task(message="x"))
+        self.assertFalse(trust.lazy)
+        self.assertTrue(sdk.update_task(message="y"))
+        self.assertEqual([e["message"] for e in self.server.events], ["x", "y"])
+        self.assertEqual(self.log_lines("ERROR"), [])
+
+    def test_a_directory_that_is_not_hashed_is_not_used_lazily(self) -> None:
+        os.environ.pop("SSL_CERT_FILE", None)
+        folder = temp_folder(self)
+        shutil.copy(self.cert, os.path.join(folder, "ca.pem"))
+        os.environ["SSL_CERT_DIR"] = folder
+        self.assertIsNone(orchestra_sdk._hashed_ca_directory())
 
 
 # ---------------------------------------------------------------------------------------------
