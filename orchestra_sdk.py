@@ -146,6 +146,7 @@ ENV_API_KEY = "ORCHESTRA_API_KEY"
 ENV_WRAPPED = "ORCHESTRA_SDK_WRAPPED"
 
 _USER_AGENT = f"orchestra-sdk-py/{__version__} (standalone)"
+_FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 _ERROR_TEXT_LIMIT = 250  # characters of an error in a FAILED message, as the official package
 DEFAULT_MAX_LOG_BYTES = 1_000_000
 
@@ -157,6 +158,10 @@ class _Event:
     type: WebhookEventType
     fields: Dict[str, Any]
     metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)  # always {} but from HTTPClient
+
+    def is_final_status(self) -> bool:
+        """A status that ends a run: it always gets the retry policy's whole budget."""
+        return self.fields.get("status") in _FINAL_STATUSES
 
     def body(self, task_run_id: str) -> bytes:
         """The request body. Key order and separators match the official package (requests'
@@ -659,13 +664,13 @@ def _read_error_body(response: Any, until: float) -> bytes:
     return b"".join(chunks)
 
 
-def _attempt(opener: Any, request: Any, timeout: float, secret: str) -> _Attempt:
+def _attempt(opener: Any, request: Any, timeout: float, secret: str, where: str) -> _Attempt:
     """Send one request and classify the outcome; never raises for a network reason."""
     started = time.monotonic()
     try:
         response = opener.open(request, timeout=timeout)
     except Exception as exc:
-        return _failed_attempt(exc, timeout)
+        return _failed_attempt(exc, timeout, where)
     try:
         status = response.status
         if 200 <= status < 300:
@@ -678,13 +683,14 @@ def _attempt(opener: Any, request: Any, timeout: float, secret: str) -> _Attempt
         retry_after = _parse_retry_after(response.getheader("Retry-After"), time.time())
         return _Attempt(False, f"HTTP {status}: {_error_text(body, secret)}", status, retry_after=retry_after)
     except Exception as exc:  # whatever a hostile answer does, it is a failed attempt
-        return _failed_attempt(exc, timeout)
+        return _failed_attempt(exc, timeout, where)
     finally:
         response.close()
 
 
-def _failed_attempt(exc: Exception, timeout: float) -> _Attempt:
-    """An attempt that got no HTTP answer: a certificate problem is final, network trouble is not."""
+def _failed_attempt(exc: Exception, timeout: float, where: str) -> _Attempt:
+    """An attempt that got no HTTP answer: a certificate problem is final, network trouble is not.
+    `where` is the webhook's host and port, to say which server (never the credentials)."""
     import http.client
     import ssl
     import urllib.error
@@ -692,10 +698,11 @@ def _failed_attempt(exc: Exception, timeout: float) -> _Attempt:
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
-            return _Attempt(False, f"the server's certificate could not be verified ({reason.verify_message})")
-        return _Attempt(False, f"could not connect: {_describe_error(reason, timeout)}", retryable_network_error=True)
+            return _Attempt(False, f"{where}'s certificate could not be verified ({reason.verify_message})")
+        problem = f"could not connect to {where}: {_describe_error(reason, timeout)}"
+        return _Attempt(False, problem, retryable_network_error=True)
     if isinstance(exc, (OSError, http.client.HTTPException)):  # resets, timeouts, garbled answers
-        return _Attempt(False, _describe_error(exc, timeout), retryable_network_error=True)
+        return _Attempt(False, f"{where}: {_describe_error(exc, timeout)}", retryable_network_error=True)
     # An unexpected library error: report it, never crash the Task.
     return _Attempt(False, f"unexpected error: {_describe_error(exc, timeout)}")
 
@@ -720,10 +727,10 @@ def _post_event(
     event_body: bytes,
     policy: RetryPolicy,
     method: str = "POST",
-) -> bool:
-    """POST one event, retrying within the policy; True only when Orchestra answered 2xx.
+) -> _Delivery:
+    """POST one event, retrying within the policy; delivered only when Orchestra answered 2xx.
 
-    `event_type` is the event's name, for messages.
+    `event_type` is the event's name, for messages. The failure line is the caller's to log.
     """
     import urllib.request
 
@@ -739,41 +746,62 @@ def _post_event(
     )
     started = time.monotonic()
     deadline_at = started + policy.deadline
-    attempts = 0
+    what = f"Orchestra did not receive the {event_type} event"
+    where = webhook_url.partition("://")[2].partition("/")[0].rpartition("@")[2]  # host[:port]
+    attempts, result = 0, _Attempt(False, "no attempt was made")
     while True:
         remaining = deadline_at - time.monotonic()
         if remaining <= 0:  # a retry's sleep overshot: no attempt starts after the deadline
-            _log.error("Orchestra did not receive the %s event: the %g s deadline passed.", event_type, policy.deadline)
-            return False
+            return _Delivery(False, result, f"{what}: the {policy.deadline:g} s deadline passed.")
         attempts += 1
         timeout = min(policy.timeout, remaining)
         _log.debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type, webhook_url, attempts, timeout)
-        result = _attempt(opener, request, timeout, api_key)
+        result = _attempt(opener, request, timeout, api_key, where)
         if result.delivered:
             _log.debug("%s event delivered in %.3f s", event_type, time.monotonic() - started)
-            return True
+            return _Delivery(True, result)
         import random
 
-        what = f"Orchestra did not receive the {event_type} event"
         problem = _mask(result.problem, api_key)  # a library error could quote the request
         delay, stop = policy.next_wait(attempts, result, deadline_at - time.monotonic(), random.random())
         if stop == "final":
-            _log.error("%s: %s (not retried).", what, problem)
-            return False
+            return _Delivery(False, result, f"{what}: {problem} (not retried).")
         if stop == "exhausted":
-            _log.error("%s after %d attempts: %s.", what, attempts, problem)
-            return False
+            return _Delivery(False, result, f"{what} after {attempts} attempts: {problem}.")
         if delay is None:
-            _log.error(
-                "%s: %s; gave up after %d attempts, as the next would start past the %g s deadline.",
-                what,
-                problem,
-                attempts,
-                policy.deadline,
+            return _Delivery(
+                False,
+                result,
+                f"{what}: {problem}; gave up after {attempts} attempts, "
+                f"as the next would start past the {policy.deadline:g} s deadline.",
             )
-            return False
         _log.debug("attempt %d failed (%s); retrying in %.2f s", attempts, problem, delay)
         time.sleep(delay)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Delivery:
+    """How sending one event ended: delivered, or the last attempt and the line that says why not."""
+
+    delivered: bool
+    last: _Attempt
+    error: str = ""
+
+    def refusal(self, task_run_id: str) -> Optional[str]:
+        """What to check when Orchestra refused the key or the run for good, else None."""
+        status, problem = self.last.status, self.last.problem.lower()
+        if status in (401, 403):
+            return (
+                f"Orchestra refused the API key (HTTP {status}): check {ENV_API_KEY} (or the api_key "
+                "argument); no more events are sent for this run"
+            )
+        run_unknown = any(text in problem for text in ("task_not_found", "task run not found", "invalid task_run_id"))
+        if status is not None and 400 <= status < 500 and run_unknown:
+            return (
+                f"Orchestra does not know task run {task_run_id}: check {ENV_TASK_RUN_ID} (or the Lambda "
+                "event's orchestra_task_run_id); no more events are sent for this run"
+            )
+        return None
 
 
 # -- connections: kept alive, fork-safe, every read bounded by the attempt's end -------------
@@ -963,7 +991,7 @@ class _Transport:
 
     def post(
         self, webhook_url: str, api_key: str, event: _Event, task_run_id: str, policy: RetryPolicy, method: str = "POST"
-    ) -> bool:
+    ) -> _Delivery:
         opener = self._opener
         if opener is None or opener[0] != webhook_url:
             opener = self._opener = (webhook_url, self._build_opener(webhook_url))
@@ -1144,7 +1172,10 @@ class HTTPClient:
         if problem is not None:
             _log.error("Cannot report to Orchestra: %s.", problem)
             return False
-        return self._transport.post(webhook_url, api_key, event, task_run_id, self.retry_policy, method)
+        delivery = self._transport.post(webhook_url, api_key, event, task_run_id, self.retry_policy, method)
+        if not delivery.delivered:
+            _log.error("%s", delivery.error)
+        return delivery.delivered
 
 
 def _coerce_event_type(event_type: Union[WebhookEventType, str]) -> WebhookEventType:
@@ -1242,6 +1273,8 @@ class OrchestraSDK:
         self.max_log_bytes = max_log_bytes
         self._apply_config(_read_config(os.environ))
         self._transport = _Transport()
+        self._refused: Optional[Tuple[_Config, str]] = None  # Orchestra refused this key or run for good
+        self._struggling: Optional[Tuple[_Config, str]] = None  # the last update gave up on retryable failures
         self._url_problems: Dict[str, Optional[str]] = {}
         self._current_run: contextvars.ContextVar[Optional[_ActiveRun]] = contextvars.ContextVar(
             "orchestra_sdk_run", default=None
@@ -1436,7 +1469,26 @@ class OrchestraSDK:
                 _log.log(level, "Cannot report to Orchestra: %s. Updates are skipped; the Task itself runs on.", reason)
             return False
         assert config.task_run_id is not None and api_key is not None
-        return self._transport.post(config.webhook_url, api_key, event, config.task_run_id, self._retry_policy)
+        if self._refused == (config, api_key):
+            _log.debug("%s event not sent: Orchestra refused this run or key before", event.type.value)
+            return False
+        policy = self._retry_policy
+        if self._struggling == (config, api_key) and not event.is_final_status():
+            # The webhook could not be reached lately: one attempt, until one gets through.
+            policy = dataclasses.replace(policy, retries=0, deadline=min(policy.deadline, policy.timeout))
+        delivery = self._transport.post(config.webhook_url, api_key, event, config.task_run_id, policy)
+        if delivery.delivered:
+            self._struggling = None
+            return True
+        refusal = delivery.refusal(config.task_run_id)
+        if refusal is not None:
+            self._refused = (config, api_key)
+            _log.error("%s %s.", delivery.error, refusal[0].upper() + refusal[1:])
+        else:
+            _log.error("%s", delivery.error)
+            if delivery.last.status is None or delivery.last.status in policy.retry_statuses:
+                self._struggling = (config, api_key)
+        return False
 
     def _send_log(self, log_name: str, text: str) -> bool:
         return self._send(_log_event(log_name, text))

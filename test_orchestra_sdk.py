@@ -741,7 +741,7 @@ class TransportTest(SDKTestCase):
 
     def test_connection_refused_is_retried_then_reported(self) -> None:
         os.environ["ORCHESTRA_WEBHOOK_URL"] = f"http://127.0.0.1:{refusing_port(self)}/"
-        self.expect(ok=False, attempts=None, log="after 3 attempts: could not connect: ", retries=2)
+        self.expect(ok=False, attempts=None, log="after 3 attempts: could not connect to 127.0.0.1:", retries=2)
         self.assertIn("refused", self.log_lines("ERROR")[0].lower())
 
     def test_connection_closed_before_the_status_line_is_retried(self) -> None:
@@ -864,6 +864,62 @@ class TransportTest(SDKTestCase):
         message = "m" * (1024 * 1024)
         self.assertTrue(self.sdk().update_task(message=message))
         self.assertEqual(self.server.events[0]["message"], message)
+
+
+class PermanentFailureTest(SDKTestCase):
+    """A refusal that will not change stops the run's reporting; an unreachable webhook costs less
+    after the first update that gave up, except for the final status."""
+
+    def decorated_task(self, sdk: OrchestraSDK) -> None:
+        @sdk.run()
+        def job() -> None:
+            sdk.update_task(message="halfway")
+            sdk.set_output("rows", 1)
+            sdk.update_task(message="almost")
+
+        job()
+
+    def test_a_wrong_key_is_said_once_with_what_to_check_and_nothing_more_is_sent(self) -> None:
+        self.server.default = reply(401, b'{"success": false, "error": "Invalid API key"}')
+        self.decorated_task(self.sdk())
+        self.assertEqual(len(self.server.requests), 1)
+        (error,) = self.log_lines("ERROR")
+        self.assertIn("HTTP 401: Invalid API key (not retried). Orchestra refused the API key (HTTP 401)", error)
+        self.assertIn("check ORCHESTRA_API_KEY", error)
+
+    def test_an_unknown_run_is_said_once_with_what_to_check(self) -> None:
+        self.server.default = reply(
+            404, b'{"success": false, "error": "Invalid task_run_id", "code": "TASK_NOT_FOUND"}'
+        )
+        self.decorated_task(self.sdk())
+        self.assertEqual(len(self.server.requests), 1)
+        (error,) = self.log_lines("ERROR")
+        self.assertIn(f"Orchestra does not know task run {TASK_RUN_ID}: check ORCHESTRA_TASK_RUN_ID", error)
+
+    def test_a_new_run_id_or_key_is_tried_again(self) -> None:
+        sdk = self.sdk()
+        self.server.then(reply(401))
+        self.assertFalse(sdk.update_task(message="a"))
+        self.assertFalse(sdk.update_task(message="b"))
+        sdk.api_key = API_KEY + "-new"
+        self.assertTrue(sdk.update_task(message="c"))
+        self.assertEqual([e["message"] for e in self.server.events], ["a", "c"])
+
+    def test_after_an_update_gave_up_the_next_get_one_attempt_but_the_final_status_all(self) -> None:
+        self.server.default = reply(503, b"down")
+        self.decorated_task(self.sdk(retries=2))
+        messages = [r.json.get("message") for r in self.server.requests]
+        started, final = "job started.", "job succeeded."
+        self.assertEqual(messages, [started] * 3 + ["halfway", None, "almost"] + [final] * 3)
+        self.assertEqual(len(self.log_lines("ERROR")), 5)
+
+    def test_one_delivered_update_restores_the_whole_budget(self) -> None:
+        sdk = self.sdk(retries=2)
+        self.server.then(reply(503), reply(503), reply(503), reply(200), reply(503), reply(503), reply(503))
+        self.assertFalse(sdk.update_task(message="a"))  # three attempts
+        self.assertTrue(sdk.update_task(message="b"))  # one attempt, delivered
+        self.assertFalse(sdk.update_task(message="c"))  # three attempts again
+        self.assertEqual([r.json["message"] for r in self.server.requests], ["a"] * 3 + ["b"] + ["c"] * 3)
 
 
 class DeadlineTest(SDKTestCase):
