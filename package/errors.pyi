@@ -1,0 +1,4 @@
+# Types for the official import path orchestra_sdk.errors, which orchestra_sdk serves at run time.
+from orchestra_sdk import LinkedConnectionNotFoundError as LinkedConnectionNotFoundError
+from orchestra_sdk import MissingEnvironmentKeysError as MissingEnvironmentKeysError
+from orchestra_sdk import NoEnvironmentVariablesFoundError as NoEnvironmentVariablesFoundError
