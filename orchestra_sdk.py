@@ -20,7 +20,7 @@ that is not JSON) raises at once. The same file is a command line (``python3 orc
 Documentation, including the wire format: README.md, shipped with this file.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # Python 3.8 or newer is required
 
 import contextvars
 import dataclasses
@@ -35,6 +35,12 @@ import sys
 import threading
 import time
 from enum import Enum
+
+# A Python older than 3.8 stops at one of the two lines below (or at the __future__ import), and
+# its error shows that line, comment included: the comment is the message.
+_MINIMUM_PYTHON: Tuple[int, int] = (3, 8)  # Python 3.8 or newer is required
+if sys.version_info < _MINIMUM_PYTHON:
+    raise ImportError(f"orchestra_sdk needs Python 3.8 or newer, not {sys.version.split()[0]}")
 
 # What nearly every run needs is imported above. These are imported where they are used, each
 # by the few paths that need it, because together they cost more than the rest of the module
@@ -144,6 +150,8 @@ ENV_WEBHOOK_URL = "ORCHESTRA_WEBHOOK_URL"
 ENV_API_KEY = "ORCHESTRA_API_KEY"
 # Set by `orchestra-sdk run` for its command: the wrapper owns the Task's status.
 ENV_WRAPPED = "ORCHESTRA_SDK_WRAPPED"
+# "1": plain http to any host, for local testing (a container reporting to `listen` on its host).
+ENV_ALLOW_INSECURE_HTTP = "ORCHESTRA_ALLOW_INSECURE_HTTP"
 
 _USER_AGENT = f"orchestra-sdk-py/{__version__} (standalone)"
 _FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -327,6 +335,8 @@ def _check_output_name(name: str) -> str:
 def _check_output_value(name: str, value: Any) -> None:
     try:
         json.dumps(value, allow_nan=False)
+    except RecursionError:
+        raise TypeError(f"output {name!r} is nested too deeply to send as JSON") from None
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"output {name!r} must be a JSON value (str, int, float, bool, None, "
@@ -433,13 +443,16 @@ def _read_lambda_event(event: Any) -> _Config:
     from collections.abc import Mapping as MappingABC
 
     if not isinstance(event, MappingABC):
-        return _Config(None, "the Lambda event is not a JSON object", DEFAULT_WEBHOOK_URL)
+        return _Config(None, "the Lambda event is not a JSON object", _read_config(os.environ).webhook_url)
     raw = event.get("orchestra_task_run_id")
     if raw is not None and not isinstance(raw, str):
         raw = str(raw)
     task_run_id, problem = _parse_task_run_id(raw, "the Lambda event's orchestra_task_run_id")
     url = event.get("orchestra_webhook_url")
-    webhook_url = url.strip() if isinstance(url, str) and url.strip() else DEFAULT_WEBHOOK_URL
+    if isinstance(url, str) and url.strip():
+        webhook_url = url.strip()
+    else:  # the event, then the environment, then the default
+        webhook_url = (os.environ.get(ENV_WEBHOOK_URL) or "").strip() or DEFAULT_WEBHOOK_URL
     return _Config(task_run_id, problem, webhook_url)
 
 
@@ -482,10 +495,10 @@ def _redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}://{authority}{slash}{path}"
+    # Up to the last '@' before any query or fragment: a password may hold '/' (u:s3cr/et@host).
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    return f"{scheme}://***@{rest[at + 1 :]}" if at >= 0 else url
 
 
 def _webhook_url_problem(url: str) -> Optional[str]:
@@ -499,8 +512,8 @@ def _webhook_url_problem(url: str) -> Optional[str]:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        return f"webhook URL {shown!r} is malformed: {exc}"
+    except ValueError:  # its text may quote a part of the URL: a password, say
+        return f"webhook URL {shown!r} is malformed: its host or port cannot be read"
     if parts.username is not None or parts.password is not None:
         return (
             f"webhook URL {shown!r} carries credentials; remove them "
@@ -508,10 +521,11 @@ def _webhook_url_problem(url: str) -> Optional[str]:
         )
     if parts.scheme not in ("https", "http") or not host:
         return f"webhook URL {shown!r} must be an absolute https:// URL"
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not _is_loopback(host) and os.environ.get(ENV_ALLOW_INSECURE_HTTP) != "1":
         return (
             f"webhook URL {shown!r} uses plain http; https is required so that the API key "
-            "is never sent in clear text (http is allowed only to localhost, 127.0.0.0/8 and ::1)"
+            "is never sent in clear text (http is allowed only to localhost, 127.0.0.0/8 and ::1; "
+            f"for local testing, {ENV_ALLOW_INSECURE_HTTP}=1 allows it anywhere)"
         )
     return None
 
@@ -1193,22 +1207,27 @@ def _coerce_event_type(event_type: Union[WebhookEventType, str]) -> WebhookEvent
 # ---------------------------------------------------------------------------------------------
 
 
-def _tail_text(data: bytes, max_bytes: int, cut: int = 0) -> str:
-    """Decode log bytes as UTF-8 (bad bytes replaced), keeping the last `max_bytes`.
+_MARKER_ROOM = 120  # bytes kept free for the marker line, which is shorter
 
-    `cut` counts bytes already dropped before `data`; when anything was dropped, a one-line
-    marker says how much.
+
+def _tail_text(data: bytes, max_bytes: int, cut: int = 0) -> str:
+    """Decode log bytes as UTF-8 (bad bytes replaced), keeping the most recent part so that what
+    is sent, marker included, is at most `max_bytes` of UTF-8.
+
+    `cut` counts bytes already dropped before `data`; when anything was dropped, a first line
+    says how much.
     """
-    extra = max(0, len(data) - max_bytes)
-    kept = data[extra:]
-    cut += extra
-    if not cut:
-        return kept.decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace")
+    encoded = text.encode("utf-8")  # a replaced byte takes three: the bound holds on these bytes
+    if not cut and len(encoded) <= max_bytes:
+        return text
+    kept = encoded[len(encoded) - min(len(encoded), max_bytes - _MARKER_ROOM) :]
     skip = 0
     while skip < 3 and skip < len(kept) and 0x80 <= kept[skip] <= 0xBF:
         skip += 1  # do not start inside a multi-byte character
-    marker = f"[orchestra_sdk: {cut + skip} earlier bytes cut; the log keeps its last {max_bytes} bytes]\n"
-    return marker + kept[skip:].decode("utf-8", "replace")
+    dropped = cut + len(encoded) - len(kept) + skip
+    marker = f"[orchestra_sdk: {dropped} earlier bytes cut to keep the log within {max_bytes} bytes]\n"
+    return marker + kept[skip:].decode("utf-8")
 
 
 def _read_log_file(path: str, max_bytes: int) -> Tuple[Optional[str], Optional[str]]:
@@ -1505,7 +1524,15 @@ class OrchestraSDK:
 
     def _url_problem(self, url: str) -> Optional[str]:
         if url not in self._url_problems:  # check each URL once, not on every update
-            self._url_problems[url] = _webhook_url_problem(url)
+            problem = self._url_problems[url] = _webhook_url_problem(url)
+            if problem is None and url.lower().startswith("http://"):
+                host = url.partition("://")[2].partition("/")[0]
+                if not _is_loopback(host.rpartition(":")[0] if host.count(":") == 1 else host):
+                    _log.warning(
+                        "%s=1: the API key goes in clear text to %s. For local testing only, never in production.",
+                        ENV_ALLOW_INSECURE_HTTP,
+                        _redact_url(url),
+                    )
         return self._url_problems[url]
 
     def _send_log_file(self, path: str) -> Optional[bool]:
@@ -1843,10 +1870,15 @@ class _TailBuffer:
         with self._lock:
             self._chunks.append(chunk)
             self._size += len(chunk)
-            while self._size > self._max_bytes and len(self._chunks) > 1:
-                dropped = self._chunks.popleft()
-                self._size -= len(dropped)
-                self._cut += len(dropped)
+            while self._size > self._max_bytes:
+                excess = self._size - self._max_bytes
+                first = self._chunks[0]
+                if len(first) <= excess:
+                    self._chunks.popleft()
+                else:  # keep the end of a chunk bigger than what is left to cut
+                    self._chunks[0], first = first[excess:], first[:excess]
+                self._size -= len(first)
+                self._cut += len(first)
 
     def text(self) -> str:
         """The kept bytes as text, after a marker line when anything was cut."""
@@ -1970,7 +2002,7 @@ def _decode_field(value: str) -> Any:
     if value[:1] in ("{", "["):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode: a string
             pass
     return value
 
@@ -2093,7 +2125,10 @@ class _Receiver:
                 except ValueError:
                     self._answer(400, {"success": False, "error": "body is not JSON"})
                     return
-                on_event(event)
+                try:
+                    on_event(event)
+                except Exception:  # showing it failed; it was received all the same
+                    pass
                 self._answer(200, {"success": True})
 
             def do_GET(self) -> None:
@@ -2133,45 +2168,91 @@ class _Receiver:
 def _parser() -> Any:
     import argparse
 
+    def command(name: str, summary: str, description: str) -> Any:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            epilog=_CLI_ENVIRONMENT,
+        )
+
     parser = argparse.ArgumentParser(
         prog=_CLI,
         description="Report a Task to Orchestra from the command line, or try one locally.",
-        epilog="Configuration comes from ORCHESTRA_TASK_RUN_ID, ORCHESTRA_WEBHOOK_URL and ORCHESTRA_API_KEY.",
+        epilog=_CLI_ENVIRONMENT,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    run = commands.add_parser("run", help="run a command as the Task: RUNNING, then its outcome")
-    run.add_argument("--name", help="the name in messages (default: the command's base name)")
-    run.add_argument("--send-logs", action="store_true", help="keep the command's output and send it as a LOG event")
-    run.add_argument(
-        "--local", action="store_true", help="report to a local receiver instead of Orchestra and print each event"
+    run = command(
+        "run",
+        "run a command as the Task: RUNNING, then its outcome",
+        "Run COMMAND as the Task: report RUNNING, run it (its output passes through unchanged), then "
+        "report how it ended: exit 0 is SUCCEEDED (unless the command reported a final status itself), "
+        "SIGINT or SIGTERM is CANCELLED, anything else FAILED. Exits with the command's exit status.",
     )
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    run.add_argument("--name", help="the name in messages (default: the command's base name)")
+    run.add_argument(
+        "--send-logs", action="store_true", help="keep the command's output and send it as a LOG event at the end"
+    )
+    run.add_argument(
+        "--local",
+        action="store_true",
+        help="report to a receiver started on 127.0.0.1 for this run, and print each event, instead of Orchestra",
+    )
+    run.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]", help="the command and its arguments"
+    )
 
-    update = commands.add_parser("update", help="send a status and/or a message")
+    update = command("update", "send a status and/or a message", "Send one UPDATE_STATUS event.")
     update.add_argument("--status", help="one of " + ", ".join(s.value for s in TaskRunStatus) + " (any case)")
     update.add_argument("--message", help="a message to show in Orchestra")
 
-    output = commands.add_parser("output", help="set a Task output")
-    output.add_argument("name", help="letters, '_' and '-' only")
-    output.add_argument("value", help="decoded as JSON when it parses, else sent as a string")
+    output = command("output", "set a Task output", "Send one SET_OUTPUT event.")
+    output.add_argument("name", help="the output's name, e.g. rows_loaded (Orchestra decides which names it takes)")
+    output.add_argument(
+        "value", help="decoded as JSON when it is a JSON value (42, true, [1, 2], {...}), else sent as the string"
+    )
 
-    log = commands.add_parser("log", help="send a log file (or - for standard input)")
-    log.add_argument("file")
+    log = command("log", "send a log file (or - for standard input)", "Send one LOG event with the file's text.")
+    log.add_argument(
+        "file", help="the log file, or - for standard input; only the last 1,000,000 bytes are kept, with a marker"
+    )
 
-    commands.add_parser("check", help="show the configuration and whether the SDK can report")
+    check = command(
+        "check",
+        "show the configuration and every reason the SDK could not report",
+        "Show the configuration and list every problem at once; exit 0 when updates would be sent, 2 when not.",
+    )
+    check.add_argument(
+        "--reach",
+        action="store_true",
+        help="also look up, connect to and (for https) shake hands with the webhook; no event is sent",
+    )
 
-    listen = commands.add_parser("listen", help="a local receiver that prints each event it gets")
-    listen.add_argument("--host", default="127.0.0.1")
-    listen.add_argument("--port", type=int, default=0)
+    listen = command(
+        "listen",
+        "a local receiver that prints each event it gets",
+        "A stand-in for Orchestra's webhook: accept events and print one line for each. Set "
+        f"{ENV_WEBHOOK_URL} to the URL it prints.",
+    )
+    listen.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface, e.g. for containers)"
+    )
+    listen.add_argument("--port", type=int, default=0, help="the port (0: any free port)")
     return parser
+
+
+_CLI_ENVIRONMENT = (
+    f"Configuration comes from {ENV_TASK_RUN_ID}, {ENV_WEBHOOK_URL} (default {DEFAULT_WEBHOOK_URL}) and {ENV_API_KEY}."
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line; returns the exit status (see ``orchestra-sdk --help``)."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_recovered_arguments(sys.argv[1:] if argv is None else argv))
     # The CLI is a program: its own problems go to stderr, prefixed, whatever logging says.
     logger = logging.getLogger(LOGGER_NAME)
     handler = logging.StreamHandler()
@@ -2196,6 +2277,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.propagate = propagate
 
 
+def _recovered_arguments(argv: Sequence[str]) -> List[str]:
+    """Arguments as the user typed them: in a locale that is not UTF-8, Python decodes UTF-8
+    arguments into mojibake or lone surrogates; their original bytes are UTF-8 text again."""
+    recovered = []
+    for arg in argv:
+        try:
+            recovered.append(os.fsencode(arg).decode("utf-8"))
+        except (UnicodeError, TypeError):  # not UTF-8 as typed either: keep the locale's reading
+            recovered.append(arg)
+    return recovered
+
+
 def _cmd_update(args: Any) -> int:
     if args.status is None and not args.message:
         _cli_error("give --status, --message, or both")
@@ -2204,36 +2297,108 @@ def _cmd_update(args: Any) -> int:
 
 
 def _cmd_output(args: Any) -> int:
+    return 0 if OrchestraSDK().set_output(args.name, _cli_value(args.value)) else 1
+
+
+def _cli_value(text: str) -> Any:
+    """A JSON value when `text` is one that can be sent (not NaN or Infinity, not nested beyond
+    what can be decoded), else the string itself."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
     try:
-        value: Any = json.loads(args.value)
-    except ValueError:
-        value = args.value
-    return 0 if OrchestraSDK().set_output(args.name, value) else 1
+        return json.loads(text, parse_constant=refuse)
+    except (ValueError, RecursionError):
+        return text
 
 
 def _cmd_log(args: Any) -> int:
     sdk = OrchestraSDK()
-    if args.file == "-":
-        data = sys.stdin.buffer.read()
-        return 0 if sdk._send_log("stdin", _tail_text(data, sdk.max_log_bytes)) else 1
-    return 0 if sdk._send_log_file(args.file) else 1
+    if args.file != "-":
+        return 0 if sdk._send_log_file(args.file) else 1
+    stdin = getattr(sys.stdin, "buffer", None)
+    if stdin is None:
+        _cli_error("standard input is closed: pipe the log in, or name a log file")
+        return 2
+    tail = _TailBuffer(sdk.max_log_bytes)  # only the tail is kept, however much streams in
+    try:
+        while True:
+            chunk = stdin.read1(65536) if hasattr(stdin, "read1") else stdin.read(65536)
+            if not chunk:
+                break
+            tail.append(chunk)
+    except OSError as exc:
+        _cli_error(f"cannot read standard input: {exc.strerror or exc}")
+        return 2
+    return 0 if sdk._send_log("stdin", tail.text()) else 1
 
 
 def _cmd_check(args: Any) -> int:
     sdk = OrchestraSDK()
+    config, api_key = sdk._config, sdk.api_key
     env_url = os.environ.get(ENV_WEBHOOK_URL, "").strip()
-    print(f"task run id: {sdk.task_run_id or '(none)'}")
-    print(f"webhook URL: {_redact_url(sdk.webhook_url)} ({'from ' + ENV_WEBHOOK_URL if env_url else 'default'})")
-    print(f"API key:     {'set, from ' + ENV_API_KEY if sdk.api_key else 'missing'}")
-    blocked = sdk._cannot_report(sdk._config, sdk.api_key)
-    if blocked is not None:
-        print(f"cannot report: {blocked[1]}")
+    print(f"task run id: {config.task_run_id or '(none)'}")
+    print(f"webhook URL: {_redact_url(config.webhook_url)} ({'from ' + ENV_WEBHOOK_URL if env_url else 'default'})")
+    print(f"API key:     {'set, from ' + ENV_API_KEY if api_key else 'missing'}")
+    problems = [_api_key_problem(api_key), config.task_run_id_problem, sdk._url_problem(config.webhook_url)]
+    if args.reach and problems[2] is None:
+        problems.append(_reach(config.webhook_url, sdk.retry_policy.timeout))
+    found = [problem for problem in problems if problem]
+    for problem in found:
+        print(f"cannot report: {problem}")
+    if found:
         return 2
-    print("ready: updates will be sent")
+    reached = " (the webhook was reached; no event was sent)" if args.reach else ""
+    print(f"ready: updates will be sent{reached}")
     return 0
 
 
+def _reach(webhook_url: str, timeout: float) -> Optional[str]:
+    """Why the webhook cannot be reached (DNS, TCP, TLS), or None; sends no HTTP request. Through
+    a proxy (HTTPS_PROXY), only the proxy itself is reached."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(webhook_url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not _is_loopback(host) and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        where = f"the proxy {proxy_parts.hostname}:{proxy_parts.port or 80}"
+        address = (proxy_parts.hostname or "", proxy_parts.port or 80)
+    else:
+        where, address = f"{host}:{port}", (host, port)
+    try:
+        sock = _connect(address, timeout)
+    except OSError as exc:
+        return f"cannot reach {where}: {_describe_error(exc, timeout)}"
+    try:
+        if parts.scheme == "https" and address == (host, port):
+            import ssl
+
+            trust = _TrustStore()
+            for _ in range(2):
+                try:
+                    trust.context().wrap_socket(sock, server_hostname=host).close()
+                    break
+                except ssl.SSLCertVerificationError as exc:
+                    sock.close()
+                    if not trust.fall_back(trust.context()):
+                        return f"{where}'s certificate could not be verified ({exc.verify_message})"
+                    sock = _connect(address, timeout)
+    except OSError as exc:
+        return f"no TLS handshake with {where}: {_describe_error(exc, timeout)}"
+    finally:
+        sock.close()
+    return None
+
+
 def _cmd_listen(args: Any) -> int:
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:  # an event in any language prints, whatever the locale
+        reconfigure(errors="backslashreplace")
+
     def show(event: Any) -> None:
         print(f"{time.strftime('%H:%M:%S')} {_describe_event(event)}", flush=True)
 
@@ -2243,6 +2408,15 @@ def _cmd_listen(args: Any) -> int:
         _cli_error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 2
     print(f"Listening on {receiver.url} (set {ENV_WEBHOOK_URL} to it); Ctrl-C to stop.", flush=True)
+    if args.host in ("0.0.0.0", "::", ""):
+        port = receiver.url.rstrip("/").rpartition(":")[2]
+        print(
+            f"On every interface. From this machine: http://127.0.0.1:{port}/; from a container on it: "
+            f"http://host.docker.internal:{port}/ (Docker Desktop, or docker run "
+            f"--add-host=host.docker.internal:host-gateway), with {ENV_ALLOW_INSECURE_HTTP}=1 set in the "
+            "container: plain http to a host that is not this one sends the key in clear text.",
+            flush=True,
+        )
     try:
         receiver.server.serve_forever()
     except KeyboardInterrupt:
@@ -2250,6 +2424,18 @@ def _cmd_listen(args: Any) -> int:
     finally:
         receiver.server.server_close()
     return 0
+
+
+def _module_only_folder() -> str:
+    """A new folder holding a copy of this module and nothing else, for a command's PYTHONPATH:
+    the module's own folder may be a virtual environment's site-packages, which would shadow the
+    command's packages (and, installed, the module is a package's __init__.py)."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="orchestra-sdk-local-")
+    shutil.copyfile(os.path.abspath(__file__), os.path.join(folder, "orchestra_sdk.py"))
+    return folder
 
 
 class _LocalRun:
@@ -2261,13 +2447,13 @@ class _LocalRun:
         self.events: List[Any] = []
         self.started = time.monotonic()
         self.receiver = _Receiver("127.0.0.1", 0, self._show).start()
-        here = os.path.dirname(os.path.abspath(__file__))
+        here = self.module_folder = _module_only_folder()
         path = os.environ.get("PYTHONPATH")
         self.environ = {
             ENV_WEBHOOK_URL: self.receiver.url,
             ENV_TASK_RUN_ID: str(uuid.uuid4()),
             ENV_API_KEY: "local-placeholder-key",
-            "PYTHONPATH": here + (os.pathsep + path if path else ""),  # the module, even vendored
+            "PYTHONPATH": here + (os.pathsep + path if path else ""),  # this module and nothing else
         }
         print(
             f"{_CLI}: local run {self.environ[ENV_TASK_RUN_ID]}, events go to {self.receiver.url}",
@@ -2280,7 +2466,10 @@ class _LocalRun:
         print(f"[orchestra] {time.strftime('%H:%M:%S')} {_describe_event(event)}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        import shutil
+
         self.receiver.close()
+        shutil.rmtree(self.module_folder, ignore_errors=True)
         statuses = [e.get("status") for e in self.events if isinstance(e, dict) and e.get("status")]
         final = statuses[-1] if statuses else "no status"
         print(
@@ -2438,6 +2627,8 @@ def _register_official_import_paths() -> None:
     module = sys.modules[__name__]
     for submodule in _OFFICIAL_SUBMODULES:
         sys.modules.setdefault(f"{__name__}.{submodule}", module)
+        if not hasattr(module, submodule):  # so that orchestra_sdk.orchestra.OrchestraSDK works too
+            setattr(module, submodule, module)
 
 
 if __name__ != "__main__":

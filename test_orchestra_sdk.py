@@ -1646,17 +1646,45 @@ class LogTest(SDKTestCase):
         data = self.log_events()[0]["data"]
         marker, rest = data.split("\n", 1)
         total = os.path.getsize(self.path)
-        self.assertEqual(
-            marker, f"[orchestra_sdk: {total - 2048} earlier bytes cut; the log keeps its last 2048 bytes]"
-        )
+        kept = 2048 - 120  # room is kept for the marker line
+        self.assertEqual(marker, f"[orchestra_sdk: {total - kept} earlier bytes cut to keep the log within 2048 bytes]")
         self.assertTrue(rest.endswith("é" * 10 + "newest line\n"))
-        self.assertEqual(len(rest.encode()), 2048)
+        self.assertEqual(len(rest.encode()), kept)
+        self.assertLessEqual(len(data.encode()), 2048)
+
+    def test_a_log_file_may_be_a_path_object(self) -> None:
+        import pathlib
+
+        with open(self.path, "w") as handle:
+            handle.write("from the file\n")
+        sdk = self.sdk(log_file=pathlib.Path(self.path), send_logs=True)
+        self.assertEqual(sdk.log_file, self.path)
+
+        @sdk.run()
+        def job() -> int:
+            return 7
+
+        self.assertEqual(job(), 7)
+        self.assertEqual(self.log_events()[0], event(event_type="LOG", log_name=self.path, data="from the file\n"))
+
+    def test_a_log_file_that_is_not_a_path_is_refused_at_construction(self) -> None:
+        for bad in (None, 3, b"bytes.log"):
+            with self.subTest(log_file=bad), self.assertRaisesRegex(TypeError, "log_file must be a str or os.PathLike"):
+                self.sdk(log_file=bad)
+        self.assertEqual(self.server.requests, [])
 
     def test_cut_never_starts_inside_a_character(self) -> None:
         text = orchestra_sdk._tail_text(("é" * 1000).encode(), 1025)
         marker, rest = text.split("\n", 1)
-        self.assertEqual(rest, "é" * 512)
-        self.assertIn("976 earlier bytes cut", marker)
+        self.assertEqual(rest, "é" * 452)  # 1025 bytes less room for the marker, then whole characters
+        self.assertEqual(marker, "[orchestra_sdk: 1096 earlier bytes cut to keep the log within 1025 bytes]")
+        self.assertLessEqual(len(text.encode()), 1025)
+
+    def test_the_bound_holds_on_what_is_sent_after_bad_bytes_are_replaced(self) -> None:
+        for data, cut in ((b"\xff" * 1000, 0), (b"ok \xff\xfe" * 5000, 0), (b"x" * 1024, 7)):
+            text = orchestra_sdk._tail_text(data, 1024, cut)
+            self.assertLessEqual(len(text.encode("utf-8")), 1024)
+            self.assertTrue(text.startswith("[orchestra_sdk: "), text[:40])
 
     def test_missing_log_file_sends_the_captured_output_instead(self) -> None:
         sdk = self.sdk(log_file=os.path.join(self.folder, "missing.log"), send_logs=True)
@@ -1813,6 +1841,16 @@ class LambdaTest(SDKTestCase):
         self.assertIsNone(sdk.task_run_id)
         self.assertIn("orchestra_task_run_id='12345' is not a UUID", self.log_lines("WARNING")[0])
 
+    def test_without_a_url_in_the_event_the_environments_is_used(self) -> None:
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.server.url
+        sdk = self.sdk()
+        sdk.configure_aws_lambda_event({"orchestra_task_run_id": TASK_RUN_ID})
+        self.assertEqual(sdk.webhook_url, self.server.url)
+        self.assertTrue(sdk.update_task(message="x"))
+        del os.environ["ORCHESTRA_WEBHOOK_URL"]
+        sdk.configure_aws_lambda_event({"orchestra_task_run_id": TASK_RUN_ID})
+        self.assertEqual(sdk.webhook_url, "https://webhook.getorchestra.io")
+
     def test_event_without_orchestra_fields_leaves_the_sdk_unconfigured(self) -> None:
         sdk = self.sdk()
         for bad in ({}, {"orchestra_task_run_id": "nope"}, "not a dict", None):
@@ -1889,6 +1927,11 @@ class LinkedConnectionTest(unittest.TestCase):
             get_linked_connection("postgres", environ=self.ENV)
         with self.assertRaisesRegex(LinkedConnectionNotFoundError, "no POSTGRES connection 'db3'.*DB_1, DB_2"):
             get_linked_connection("postgres", "db3", environ=self.ENV)
+
+    def test_deeply_nested_json_in_one_variable_breaks_no_look_up(self) -> None:
+        env = dict(self.ENV, BROKEN__X__CONFIG="[" * 100000)
+        self.assertEqual(get_linked_connection("snowflake", environ=env)["password"], "s3cr3t-pw")
+        self.assertEqual(get_linked_connection("broken", environ=env)["config"], "[" * 100000)
 
     def test_secrets_are_not_in_the_repr(self) -> None:
         conn = get_linked_connection("snowflake", environ=self.ENV)
@@ -2390,6 +2433,121 @@ class CLITest(unittest.TestCase):
         self.assertIn(b"unknown status 'bogus'", result.stderr)
         self.assertEqual(self.cli("update").returncode, 2)
         self.assertEqual(self.cli("output", "", "1").returncode, 2)
+
+    def test_output_values_json_cannot_carry_are_sent_as_strings(self) -> None:
+        for text in ("NaN", "Infinity", "[" * 100000, '{"a": NaN}'):
+            with self.subTest(value=text[:12]):
+                self.assertEqual(self.cli("output", "x", text).returncode, 0)
+                self.assertEqual(self.server.events[-1]["output_value"], text)
+        self.assertEqual(self.cli("output", "x", "[1, 2.5]").returncode, 0)
+        self.assertEqual(self.server.events[-1]["output_value"], [1, 2.5])
+
+    def test_log_from_standard_input_keeps_only_the_tail_as_it_streams(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import sys, orchestra_sdk
+            status = orchestra_sdk.main(["log", "-"])
+            peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
+            print(status, int(peak) // 1024)
+            """
+        )
+        big = (b"line of a long log\n" * 60 + b"\xff") * 32 * 1024  # about 37 MiB, bad bytes included
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=HERE, env=self.env, input=big, capture_output=True, timeout=WAIT
+        )
+        status, peak_mib = result.stdout.split()
+        self.assertEqual(status, b"0", result.stderr)
+        self.assertLess(int(peak_mib), 30)  # memory, not time: the 37 MiB are never held at once
+        data = self.server.events[-1]["data"]
+        self.assertLessEqual(len(data.encode()), 1_000_000)
+        self.assertTrue(data.endswith("line of a long log\n\ufffd"))
+
+    @unittest.skipUnless(os.path.exists("/bin/sh"), "a POSIX shell")
+    def test_log_from_a_closed_standard_input_is_one_error_line(self) -> None:
+        result = subprocess.run(
+            ["/bin/sh", "-c", 'exec "$0" "$1" log - <&-', sys.executable, MODULE_FILE],
+            cwd=HERE,
+            env=self.env,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(
+            result.stderr, b"orchestra-sdk: error: standard input is closed: pipe the log in, or name a log file\n"
+        )
+        self.assertEqual(self.server.requests, [])
+
+    def test_arguments_in_a_locale_that_is_not_utf8_are_sent_as_typed(self) -> None:
+        env = dict(self.env, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+        argv = [sys.executable.encode(), MODULE_FILE.encode(), b"update", b"--message", "Grüße ✓".encode()]
+        result = subprocess.run(argv, cwd=HERE, env=env, capture_output=True, timeout=WAIT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(self.server.events[-1]["message"], "Grüße ✓")
+
+    def test_listen_prints_any_event_whatever_the_output_encoding(self) -> None:
+        env = dict(self.env, PYTHONIOENCODING="ascii")
+        child, first = spawn(self, [sys.executable, MODULE_FILE, "listen"], env)
+        url = first.split()[2]
+        sdk = OrchestraSDK(api_key=API_KEY, retries=0, timeout=WAIT)
+        sdk.webhook_url = url
+        sdk.task_run_id = TASK_RUN_ID
+        self.assertTrue(sdk.update_task(message="Grüße ✓"))
+        assert child.stdout is not None
+        self.assertIn('UPDATE_STATUS "Gr\\xfc\\xdfe \\u2713"', wait_for_line(child.stdout))
+
+    def test_a_password_with_a_slash_in_the_url_is_never_shown(self) -> None:
+        url = "https://user:s3cr/et@orchestra.example/hook"
+        self.assertEqual(orchestra_sdk._redact_url(url), "https://***@orchestra.example/hook")
+        result = self.cli("check", env=dict(self.env, ORCHESTRA_WEBHOOK_URL=url))
+        self.assertEqual(result.returncode, 2)
+        self.assertNotIn(b"s3cr", result.stdout + result.stderr)
+        with mock.patch.dict(os.environ, {"ORCHESTRA_WEBHOOK_URL": url}):
+            self.assertNotIn("s3cr", repr(OrchestraSDK(api_key=API_KEY)))
+
+    def test_check_lists_every_problem_at_once(self) -> None:
+        env = {k: v for k, v in self.env.items() if not k.startswith("ORCHESTRA")}
+        env["ORCHESTRA_WEBHOOK_URL"] = "http://orchestra.example/"
+        result = self.cli("check", env=env)
+        self.assertEqual(result.returncode, 2)
+        problems = [line for line in result.stdout.decode().splitlines() if line.startswith("cannot report:")]
+        self.assertEqual(len(problems), 3, result.stdout)
+        self.assertIn("no API key", problems[0])
+        self.assertIn("ORCHESTRA_TASK_RUN_ID is not set", problems[1])
+        self.assertIn("uses plain http", problems[2])
+
+    def test_check_reach_connects_without_sending_an_event(self) -> None:
+        result = self.cli("check", "--reach")
+        self.assertEqual(result.returncode, 0, result.stdout)
+        self.assertIn(b"ready: updates will be sent (the webhook was reached; no event was sent)", result.stdout)
+        self.assertEqual(self.server.requests, [])
+        port = refusing_port(self)
+        result = self.cli("check", "--reach", env=dict(self.env, ORCHESTRA_WEBHOOK_URL=f"http://127.0.0.1:{port}/"))
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(f"cannot report: cannot reach 127.0.0.1:{port}: ConnectionRefusedError".encode(), result.stdout)
+
+    def test_plain_http_to_another_host_only_when_explicitly_allowed_and_loudly(self) -> None:
+        url = self.server.url.replace("127.0.0.1", "127.1")  # the same server, not named as loopback
+        refused = self.cli("update", "--message", "x", env=dict(self.env, ORCHESTRA_WEBHOOK_URL=url))
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn(b"ORCHESTRA_ALLOW_INSECURE_HTTP=1 allows it anywhere", refused.stderr)
+        env = dict(self.env, ORCHESTRA_WEBHOOK_URL=url, ORCHESTRA_ALLOW_INSECURE_HTTP="1")
+        allowed = self.cli("update", "--message", "x", env=env)
+        self.assertEqual(allowed.returncode, 0, allowed.stderr)
+        self.assertIn(b"the API key goes in clear text to http://127.1:", allowed.stderr)
+        self.assertEqual(len(self.server.requests), 1)
+
+    def test_listen_on_every_interface_says_which_url_a_container_can_use(self) -> None:
+        child, first = spawn(self, [sys.executable, MODULE_FILE, "listen", "--host", "0.0.0.0"], self.env)
+        assert child.stdout is not None
+        second = wait_for_line(child.stdout)
+        self.assertIn("Listening on http://0.0.0.0:", first)
+        self.assertIn("http://host.docker.internal:", second)
+        self.assertIn("ORCHESTRA_ALLOW_INSECURE_HTTP=1", second)
+
+    def test_local_mode_puts_only_this_module_on_the_commands_path(self) -> None:
+        code = "import os; print(sorted(os.listdir(os.environ['PYTHONPATH'].split(os.pathsep)[0])))"
+        result = self.cli("run", "--local", "--", sys.executable, "-c", code)
+        self.assertEqual(result.stdout, b"['orchestra_sdk.py']\n", result.stderr)
 
     def test_check_good_and_broken_environment(self) -> None:
         result = self.cli("check")
