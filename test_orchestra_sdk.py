@@ -970,6 +970,31 @@ class DeadlineTest(SDKTestCase):
         return elapsed
 
 
+class SnapshotTest(SDKTestCase):
+    def test_a_url_changed_by_another_thread_never_receives_the_key(self) -> None:
+        refused = Recorder()  # loopback, but named with credentials: the SDK must never send there
+        self.addCleanup(refused.close)
+        bad_url = refused.url.replace("http://", "http://user:pw@")
+        sdk = self.sdk(retries=0)
+        good_url, stop = sdk.webhook_url, threading.Event()
+
+        def flip() -> None:
+            while not stop.is_set():
+                sdk.webhook_url = bad_url
+                sdk.webhook_url = good_url
+
+        flipper = threading.Thread(target=flip)
+        flipper.start()
+        try:
+            for n in range(300):
+                sdk.update_task(message=f"m{n}")
+        finally:
+            stop.set()
+            flipper.join(WAIT)
+        self.assertEqual(refused.requests, [])
+        self.assertGreater(len(self.server.requests), 0)
+
+
 class KeepAliveTest(SDKTestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -2025,6 +2050,32 @@ class ImportTest(unittest.TestCase):
         self.assertEqual(result.stdout, "False\n")
         self.assertIn("Orchestra did not receive the UPDATE_STATUS event", result.stderr)
         self.assertNotIn(API_KEY, result.stderr)
+
+    def test_pythons_before_3_8_are_told_what_is_required(self) -> None:
+        versions = os.path.expanduser("~/.pyenv/versions")
+        found = 0
+        for name in ("python2.7", "python3.6", "python3.7"):
+            candidates = (
+                [os.path.join(versions, entry, "bin", name) for entry in sorted(os.listdir(versions))]
+                if os.path.isdir(versions)
+                else []
+            )
+            candidates.append(shutil.which(name) or "")
+            interpreter = next((c for c in candidates if os.path.exists(c) and "shims" not in c), None)
+            if interpreter is None:
+                continue
+            found += 1
+            with self.subTest(python=name):
+                result = subprocess.run(
+                    [interpreter, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import orchestra_sdk"],
+                    capture_output=True,
+                    text=True,
+                    timeout=WAIT,
+                )
+                self.assertNotEqual(result.returncode, 0)
+                self.assertRegex(result.stderr, "Python 3.8 or newer is required|needs Python 3.8 or newer")
+        if not found:
+            self.skipTest("no Python older than 3.8 here")
 
     def test_no_site_packages_import_and_update(self) -> None:
         server = Recorder()
