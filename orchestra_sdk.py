@@ -741,6 +741,7 @@ def _post_event(
     event_body: bytes,
     policy: RetryPolicy,
     method: str = "POST",
+    budget: Optional[_Budget] = None,
 ) -> _Delivery:
     """POST one event, retrying within the policy; delivered only when Orchestra answered 2xx.
 
@@ -758,15 +759,15 @@ def _post_event(
             "User-Agent": _USER_AGENT,
         },
     )
+    request.budget = budget = budget or _Budget(policy.deadline)  # type: ignore[attr-defined]
     started = time.monotonic()
-    deadline_at = started + policy.deadline
     what = f"Orchestra did not receive the {event_type} event"
     where = webhook_url.partition("://")[2].partition("/")[0].rpartition("@")[2]  # host[:port]
     attempts, result = 0, _Attempt(False, "no attempt was made")
     while True:
-        remaining = deadline_at - time.monotonic()
+        remaining = budget.ends_at - time.monotonic()
         if remaining <= 0:  # a retry's sleep overshot: no attempt starts after the deadline
-            return _Delivery(False, result, f"{what}: the {policy.deadline:g} s deadline passed.")
+            return _Delivery(False, result, f"{what}: the {budget.seconds:g} s deadline passed.")
         attempts += 1
         timeout = min(policy.timeout, remaining)
         _log.debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type, webhook_url, attempts, timeout)
@@ -777,7 +778,7 @@ def _post_event(
         import random
 
         problem = _mask(result.problem, api_key)  # a library error could quote the request
-        delay, stop = policy.next_wait(attempts, result, deadline_at - time.monotonic(), random.random())
+        delay, stop = policy.next_wait(attempts, result, budget.ends_at - time.monotonic(), random.random())
         if stop == "final":
             return _Delivery(False, result, f"{what}: {problem} (not retried).")
         if stop == "exhausted":
@@ -787,10 +788,25 @@ def _post_event(
                 False,
                 result,
                 f"{what}: {problem}; gave up after {attempts} attempts, "
-                f"as the next would start past the {policy.deadline:g} s deadline.",
+                f"as the next would start past the {budget.seconds:g} s deadline.",
             )
         _log.debug("attempt %d failed (%s); retrying in %.2f s", attempts, problem, delay)
         time.sleep(delay)
+
+
+class _Budget:
+    """The time one event may take in all. It can only be cut short: after a SIGTERM or Ctrl-C,
+    what is still to be reported gets at most HURRY_SECONDS more, so the process ends in time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends_at = time.monotonic() + seconds
+
+    def hurry(self) -> None:
+        self.ends_at = min(self.ends_at, time.monotonic() + HURRY_SECONDS)
+
+
+HURRY_SECONDS = 4.0  # each report still to be sent after a SIGTERM or Ctrl-C gets at most this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -824,6 +840,7 @@ KEEP_ALIVE_IDLE = 15.0  # seconds an idle connection may wait before it is not r
 _POOL_SIZE = 8  # idle connections kept (one per thread that sends at the same time)
 _DRAIN_LIMIT = 64 * 1024  # a response body read to its end (so the connection can be reused)
 _DRAIN_TIME = 0.25  # ...when it arrives this quickly
+_READ_SLICE = 0.5  # seconds a read waits before it looks at its time left again
 _STALE_ERRORS = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)  # RemoteDisconnected is one
 
 
@@ -948,21 +965,39 @@ def _response_class() -> Any:
             self._response = response
 
         def readinto(self, buffer: Any) -> Optional[int]:
-            remaining = self._response.ends_at - time.monotonic()
-            if remaining <= 0:  # a trickling server cannot stretch an attempt past its end
-                raise socket.timeout("the attempt's time is up")
-            self._timed_sock.settimeout(remaining)
-            return super().readinto(buffer)
+            # Waits in short slices, so a trickling server cannot stretch an attempt past its end
+            # and a budget cut short (a SIGTERM) takes effect at once.
+            while True:
+                remaining = self._response.time_left()
+                if remaining <= 0:
+                    raise socket.timeout("the attempt's time is up")
+                self._timed_sock.settimeout(min(remaining, _READ_SLICE))
+                try:
+                    return int(self._timed_sock.recv_into(buffer))
+                except socket.timeout:
+                    continue
 
     class Response(http.client.HTTPResponse):
         def __init__(
-            self, sock: Any, debuglevel: int = 0, method: Optional[str] = None, url: Any = None, *, ends_at: float
+            self,
+            sock: Any,
+            debuglevel: int = 0,
+            method: Optional[str] = None,
+            url: Any = None,
+            *,
+            ends_at: float,
+            budget: Optional[_Budget] = None,
         ) -> None:
             super().__init__(sock, 0, method, url)  # debuglevel 0: headers (the key) are never printed
             self.fp.close()
             self.fp = io.BufferedReader(DeadlineIO(sock, self))
             self.ends_at = ends_at
+            self.budget = budget
             self.on_close: Optional[Callable[[bool], None]] = None
+
+        def time_left(self) -> float:
+            ends_at = self.ends_at if self.budget is None else min(self.ends_at, self.budget.ends_at)
+            return ends_at - time.monotonic()
 
         def begin(self) -> None:
             super().begin()
@@ -1004,13 +1039,20 @@ class _Transport:
         self.connections_opened = 0
 
     def post(
-        self, webhook_url: str, api_key: str, event: _Event, task_run_id: str, policy: RetryPolicy, method: str = "POST"
+        self,
+        webhook_url: str,
+        api_key: str,
+        event: _Event,
+        task_run_id: str,
+        policy: RetryPolicy,
+        method: str = "POST",
+        budget: Optional[_Budget] = None,
     ) -> _Delivery:
         opener = self._opener
         if opener is None or opener[0] != webhook_url:
             opener = self._opener = (webhook_url, self._build_opener(webhook_url))
         body = event.body(task_run_id)
-        return _post_event(opener[1], webhook_url, api_key, event.type.value, body, policy, method)
+        return _post_event(opener[1], webhook_url, api_key, event.type.value, body, policy, method, budget)
 
     def _build_opener(self, webhook_url: str) -> Any:
         """An opener that follows no redirect, raises for no status, and skips proxies for loopback."""
@@ -1050,11 +1092,12 @@ class _Transport:
             tunnel_headers["Proxy-Authorization"] = headers.pop("Proxy-Authorization")
         key = (https, req.host, req._tunnel_host)
         ends_at = time.monotonic() + req.timeout
+        budget = getattr(req, "budget", None)
         for _ in range(3):  # a stale kept-alive connection, a lazy trust store: each retried once, at once
             conn, reused = self._checkout(key)
             if conn is None:
                 conn = self._new_connection(req, https, tunnel_headers)
-            conn.response_class = functools.partial(_response_class(), ends_at=ends_at)
+            conn.response_class = functools.partial(_response_class(), ends_at=ends_at, budget=budget)
             conn.timeout = req.timeout
             try:
                 try:
@@ -1292,6 +1335,9 @@ class OrchestraSDK:
         self.max_log_bytes = max_log_bytes
         self._apply_config(_read_config(os.environ))
         self._transport = _Transport()
+        self._lock = threading.Lock()
+        self._in_flight: Set[_Budget] = set()  # the budgets of the events being sent now
+        self._hurried = False  # a SIGTERM or Ctrl-C arrived: what is left to send gets HURRY_SECONDS
         self._refused: Optional[Tuple[_Config, str]] = None  # Orchestra refused this key or run for good
         self._struggling: Optional[Tuple[_Config, str]] = None  # the last update gave up on retryable failures
         self._url_problems: Dict[str, Optional[str]] = {}
@@ -1495,7 +1541,18 @@ class OrchestraSDK:
         if self._struggling == (config, api_key) and not event.is_final_status():
             # The webhook could not be reached lately: one attempt, until one gets through.
             policy = dataclasses.replace(policy, retries=0, deadline=min(policy.deadline, policy.timeout))
-        delivery = self._transport.post(config.webhook_url, api_key, event, config.task_run_id, policy)
+        budget = _Budget(policy.deadline)
+        with self._lock:
+            self._in_flight.add(budget)
+            if self._hurried:
+                budget.hurry()
+        try:
+            delivery = self._transport.post(
+                config.webhook_url, api_key, event, config.task_run_id, policy, budget=budget
+            )
+        finally:
+            with self._lock:
+                self._in_flight.discard(budget)
         if delivery.delivered:
             self._struggling = None
             return True
@@ -1508,6 +1565,17 @@ class OrchestraSDK:
             if delivery.last.status is None or delivery.last.status in policy.retry_statuses:
                 self._struggling = (config, api_key)
         return False
+
+    def _hurry(self) -> None:
+        """From now on, and for the events being sent, at most HURRY_SECONDS each. Safe to call
+        from a signal handler: it only lowers numbers."""
+        self._hurried = True
+        try:
+            in_flight = list(self._in_flight)
+        except RuntimeError:  # changed while copied (free-threaded builds): hurry what is new
+            in_flight = []
+        for budget in in_flight:
+            budget.hurry()
 
     def _send_log(self, log_name: str, text: str) -> bool:
         return self._send(_log_event(log_name, text))
@@ -1639,7 +1707,7 @@ class _ActiveRun:
         """Report how the run ended; True when the exception is to be swallowed."""
         self.finishing = True
         try:
-            with _SigintHeld(self.outermost):  # one Ctrl-C must not cut the final report short
+            with _SigintHeld(self.sdk if self.outermost else None):  # Ctrl-C must not cut the final report
                 self._finish(exc)
         finally:
             self._cleanup()
@@ -1778,13 +1846,13 @@ class _SigintHeld:
     The report itself is bounded by the retry policy's deadline.
     """
 
-    def __init__(self, active: bool) -> None:
-        self.active = active
+    def __init__(self, sdk: Optional[OrchestraSDK]) -> None:
+        self.sdk = sdk
         self.received = False
         self.previous: Any = None
 
     def __enter__(self) -> None:
-        if not self.active or not hasattr(signal, "SIGINT"):
+        if self.sdk is None or not hasattr(signal, "SIGINT"):
             return
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             return
@@ -1795,8 +1863,10 @@ class _SigintHeld:
 
     def _handle(self, signum: int, frame: Optional[types.FrameType]) -> None:
         if not self.received:
-            _log.warning("Interrupted: sending the final status to Orchestra first.")
+            _log.warning("Interrupted: sending the final status to Orchestra first (%g s at most).", HURRY_SECONDS)
         self.received = True
+        if self.sdk is not None:
+            self.sdk._hurry()
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         if self.previous is None:
@@ -1831,6 +1901,7 @@ class _SigtermGuard:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         self.received = True
+        self.active.sdk._hurry()  # the reports still to come get little time: a SIGKILL follows
         if self.active.finishing:
             return  # the final report is being sent; the run exits afterwards
         task = self.active.task

@@ -986,13 +986,12 @@ class SnapshotTest(SDKTestCase):
         flipper = threading.Thread(target=flip)
         flipper.start()
         try:
-            for n in range(300):
-                sdk.update_task(message=f"m{n}")
+            delivered = sum(sdk.update_task(message=f"m{n}") for n in range(300))
         finally:
             stop.set()
             flipper.join(WAIT)
         self.assertEqual(refused.requests, [])
-        self.assertGreater(len(self.server.requests), 0)
+        self.assertEqual(len(self.server.requests), delivered)
 
 
 class KeepAliveTest(SDKTestCase):
@@ -2166,6 +2165,29 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(child.wait(WAIT), 143)
         kinds = [(e["event_type"], e.get("status")) for e in self.server.events]
         self.assertEqual(kinds, [("UPDATE_STATUS", "RUNNING"), ("UPDATE_STATUS", "SUCCEEDED"), ("LOG", None)])
+
+    def test_sigterm_during_a_final_report_that_hangs_ends_the_process_in_bounded_time(self) -> None:
+        self.server.then(reply(200))
+        self.server.default = hang()  # the final status is never answered; the deadline is 30 s
+        code = textwrap.dedent(
+            """\
+            import orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            print('ready', flush=True)
+            with sdk.run('job'):
+                pass
+            """
+        )
+        child = self.start(code)
+        deadline = time.monotonic() + WAIT
+        while len(self.server.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signalled = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        self.assertEqual(child.wait(WAIT), 143)
+        self.assertLess(time.monotonic() - signalled, orchestra_sdk.HURRY_SECONDS + 2)  # a bound, not a speed
+        assert child.stderr is not None
+        self.assertIn("Orchestra did not receive the UPDATE_STATUS event", child.stderr.read())
 
     def test_own_sigterm_handler_is_left_alone(self) -> None:
         code = textwrap.dedent(
