@@ -1523,6 +1523,8 @@ class OrchestraSDK:
     def _send(self, event: _Event) -> bool:
         """Deliver one event, or say once why it cannot be. One snapshot of the configuration is
         checked and used, so a thread changing it meanwhile cannot redirect the key."""
+        if event.is_final_status():
+            _note_final_status(TaskRunStatus(event.fields["status"]), event.fields.get("message"))
         config, api_key = self._config, self.api_key
         blocked = self._cannot_report(config, api_key)
         if blocked is not None:
@@ -1765,6 +1767,8 @@ class _ActiveRun:
     def _report(self, status: TaskRunStatus, message: str) -> None:
         if os.getpid() != self.pid:
             return  # a forked child unwinding through the parent's run
+        if self.outermost and self.is_step and status in (TaskRunStatus.FAILED, TaskRunStatus.CANCELLED):
+            _note_final_status(status, message)  # under `orchestra-sdk run`: the wrapper must know
         self.sdk.update_task(status=None if self.is_step else status, message=message)
 
     def _send_logs(self) -> None:
@@ -2569,48 +2573,74 @@ def _cmd_run(args: Any) -> int:
             local.close()
 
 
-def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bool) -> int:
-    """Run `command` as the Task: report RUNNING, its outcome, and (optionally) its output."""
-    import subprocess
+PIPE_GRACE = 2.0  # seconds the wrapper waits for a command's output after the command exited
 
-    env = dict(os.environ)
-    env[ENV_WRAPPED] = "1"  # run() inside the command reports steps; the exit code decides
-    if send_logs:
-        env["PYTHONUNBUFFERED"] = "1"
-    sdk.update_task(status=TaskRunStatus.RUNNING, message=_started(name))
-    pipe = subprocess.PIPE if send_logs else None
-    try:
-        child = subprocess.Popen(command, env=env, stdout=pipe, stderr=pipe)
-    except OSError as exc:
-        code = 127 if isinstance(exc, FileNotFoundError) else 126
-        reason = "command not found" if code == 127 else f"cannot run it: {exc.strerror or exc}"
-        _cli_error(f"{command[0]}: {reason}")
-        sdk.update_task(status=TaskRunStatus.FAILED, message=_failed(name, f"{command[0]}: {reason}"))
-        return code
+
+def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bool) -> int:
+    """Run `command` as the Task: report RUNNING, its outcome, and (optionally) its output.
+
+    SIGINT and SIGTERM are handled from the first moment: before the command starts they cancel
+    the run (the command never starts); after, they are passed on to it.
+    """
+    import subprocess
+    import tempfile
 
     received: List[int] = []
+    child: List[Any] = []  # the command, once started
 
     def forward(signum: int, frame: Any) -> None:
         received.append(signum)
+        sdk._hurry()
         # Ctrl-C in a terminal already reached the command through the process group.
-        if not (signum == signal.SIGINT and _terminal_delivers_sigint()):
+        if child and not (signum == signal.SIGINT and _terminal_delivers_sigint()):
             try:
-                child.send_signal(signum)
+                child[0].send_signal(signum)
             except OSError:
                 pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    output = _OutputPump(child, sdk.max_log_bytes) if send_logs else None
+    handled = [s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None]
+    previous = {s: signal.signal(s, forward) for s in handled}
+    channel = tempfile.mkdtemp(prefix="orchestra-sdk-run-")
     try:
-        returncode = child.wait()  # our handlers run meanwhile; PEP 475 resumes the wait
-        if output is not None:
-            output.join()
+        env = dict(os.environ)
+        # run() inside the command reports steps, and the final statuses the command reports itself
+        # are written to this file, so that the wrapper never overrules them.
+        env[ENV_WRAPPED] = os.path.join(channel, "statuses")
+        if send_logs:
+            env["PYTHONUNBUFFERED"] = "1"
+        sdk.update_task(status=TaskRunStatus.RUNNING, message=_started(name))
+        if received:  # cancelled before the command could start
+            status, message = _outcome(name, signum=received[0])
+            sdk.update_task(status=status, message=message)
+            return 128 + received[0]
+        pipe = subprocess.PIPE if send_logs else None
+        try:
+            child.append(subprocess.Popen(command, env=env, stdout=pipe, stderr=pipe))
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            reason = "command not found" if code == 127 else f"cannot run it: {exc.strerror or exc}"
+            _cli_error(f"{command[0]}: {reason}")
+            sdk.update_task(status=TaskRunStatus.FAILED, message=_failed(name, f"{command[0]}: {reason}"))
+            return code
+        for signum in received:  # arrived while the command was being started
+            child[0].send_signal(signum)
+        output = _OutputPump(child[0], sdk.max_log_bytes) if send_logs else None
+        returncode = child[0].wait()  # our handlers run meanwhile; PEP 475 resumes the wait
+        if output is not None and not output.join(PIPE_GRACE):
+            _log.warning(
+                "The command exited, but a process it started still holds its output; "
+                "the output after %g s is not in the log.",
+                PIPE_GRACE,
+            )
         killed_by = -returncode if returncode < 0 else 0
         exit_status = 128 + killed_by if killed_by else returncode
         # A Python command may turn our forwarded signal into exit status 128+N itself.
         signum = killed_by or (exit_status - 128 if exit_status - 128 in received else 0)
         detail = output.last_error_line if output is not None else ""
         status, message = _outcome(name, exit_status=exit_status, signum=signum, detail=detail)
+        own = _reported_final_status(env[ENV_WRAPPED]) if status is TaskRunStatus.SUCCEEDED else None
+        if own is not None:  # exit 0, and the command said how it ended: that stands
+            status, message = own
         sdk.update_task(status=status, message=message)
         if output is not None:
             sdk._send_log(name, output.text())
@@ -2618,6 +2648,37 @@ def _run_command(sdk: OrchestraSDK, name: str, command: List[str], send_logs: bo
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        import shutil
+
+        shutil.rmtree(channel, ignore_errors=True)
+
+
+def _note_final_status(status: TaskRunStatus, message: Optional[str]) -> None:
+    """Inside `orchestra-sdk run`: tell the wrapper the final status this command reported."""
+    path = os.environ.get(ENV_WRAPPED, "")
+    if len(path) <= 1:  # not wrapped, or by an older wrapper ("1")
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as channel:
+            channel.write(json.dumps({"status": status.value, "message": message}) + "\n")
+    except OSError as exc:
+        _log.debug("could not tell the wrapper the final status: %s", exc)
+
+
+def _reported_final_status(path: str) -> Optional[Tuple[TaskRunStatus, str]]:
+    """The last final status the command reported itself, if any, from the wrapper's file."""
+    try:
+        with open(path, encoding="utf-8") as channel:
+            lines = channel.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+            return TaskRunStatus(entry["status"]), str(entry.get("message") or "")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash: look further back
+    return None
 
 
 def _terminal_delivers_sigint() -> bool:
@@ -2673,9 +2734,13 @@ class _OutputPump:
         if is_stderr:
             self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
 
-    def join(self) -> None:
+    def join(self, timeout: float) -> bool:
+        """Wait for both streams to end; False when they are still open after `timeout` (a
+        background process the command started holds them)."""
+        ends_at = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join()
+            thread.join(max(0.0, ends_at - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     @property
     def last_error_line(self) -> str:

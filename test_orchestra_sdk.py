@@ -2622,6 +2622,75 @@ class CLITest(unittest.TestCase):
         result = self.cli("run", "--local", "--", sys.executable, "-c", code)
         self.assertEqual(result.stdout, b"['orchestra_sdk.py']\n", result.stderr)
 
+    def test_a_final_status_the_command_reported_itself_stands_on_exit_0(self) -> None:
+        manual = "import orchestra_sdk; orchestra_sdk.OrchestraSDK().update_task(status='FAILED', message='bad rows')"
+        swallowed = textwrap.dedent(
+            """\
+            import orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            @sdk.run(reraise=False)
+            def load():
+                raise ValueError("bad rows")
+            load()
+            """
+        )
+        shell = f"{sys.executable} {MODULE_FILE} update --status failed --message 'bad rows'; echo done"
+        cases = [
+            ([sys.executable, "-c", manual], "bad rows"),
+            ([sys.executable, "-c", swallowed], "load failed. Error: bad rows"),
+            (["/bin/sh", "-c", shell], "bad rows"),
+        ]
+        for command, message in cases:
+            with self.subTest(command=command[-1][:40]):
+                self.server.requests.clear()
+                result = self.cli("run", "--name", "job", "--", *command)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertEqual(self.server.statuses()[-1], ("FAILED", message))
+
+    def test_a_non_zero_exit_fails_the_run_whatever_the_command_reported(self) -> None:
+        code = "import sys, orchestra_sdk; orchestra_sdk.OrchestraSDK().update_task(status='SUCCEEDED'); sys.exit(3)"
+        self.assertEqual(self.cli("run", "--name", "job", "--", sys.executable, "-c", code).returncode, 3)
+        self.assertEqual(self.server.statuses()[-1], ("FAILED", "job failed. Error: exit code 3"))
+
+    def test_local_mode_ends_with_the_commands_own_failure(self) -> None:
+        code = "import orchestra_sdk; orchestra_sdk.OrchestraSDK().update_task(status='FAILED', message='no')"
+        result = self.cli("run", "--local", "--", sys.executable, "-c", code)
+        self.assertEqual(result.returncode, 0)
+        self.assertIn(b"local run finished: FAILED", result.stderr)
+
+    @unittest.skipUnless(os.path.exists("/bin/sh"), "a POSIX shell")
+    def test_a_background_process_holding_the_output_does_not_hold_the_wrapper(self) -> None:
+        started = time.monotonic()
+        result = self.cli("run", "--name", "job", "--send-logs", "--", "/bin/sh", "-c", "sleep 6 & echo started")
+        self.assertLess(time.monotonic() - started, 5.0)  # the background sleep holds the pipe for 6 s
+        self.assertEqual(result.returncode, 0)
+        self.assertIn(b"a process it started still holds its output", result.stderr)
+        self.assertEqual(self.server.statuses()[-2], ("SUCCEEDED", "job succeeded."))
+        self.assertEqual(self.server.events[-1]["data"], "started\n")
+
+    @unittest.skipUnless(hasattr(signal, "SIGTERM") and os.name == "posix", "POSIX signals")
+    def test_sigterm_while_running_is_being_sent_cancels_before_the_command_starts(self) -> None:
+        marker = os.path.join(temp_folder(self), "started")
+        self.server.then(delay(1.5, reply(200)))  # RUNNING is answered slowly
+        code = f"open({marker!r}, 'w').close()"
+        child = subprocess.Popen(
+            [sys.executable, MODULE_FILE, "run", "--name", "job", "--", sys.executable, "-c", code],
+            cwd=HERE,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(kill_if_running, child)
+        deadline = time.monotonic() + WAIT
+        while not self.server.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)
+        self.assertEqual(child.wait(WAIT), 143)
+        self.assertFalse(os.path.exists(marker))
+        self.assertEqual(
+            self.server.statuses(), [("RUNNING", "job started."), ("CANCELLED", "job cancelled: received SIGTERM.")]
+        )
+
     def test_check_good_and_broken_environment(self) -> None:
         result = self.cli("check")
         self.assertEqual(result.returncode, 0)
