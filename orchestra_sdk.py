@@ -1930,22 +1930,36 @@ class _SigtermGuard:
 
 
 class _TailBuffer:
-    """The most recent `max_bytes` of what was appended, and how many bytes were dropped."""
+    """The most recent `max_bytes` of what was appended, and how many bytes were dropped.
+
+    Safe to re-enter (a signal handler that prints while a write is being kept): an append
+    never waits for the lock; what it cannot store now is stored by whoever holds the lock.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         import collections
 
         self._max_bytes = max_bytes
         self._chunks: collections.deque[bytes] = collections.deque()
+        self._pending: List[bytes] = []  # list.append is atomic, so any thread or handler may add
         self._size = 0
         self._cut = 0
         self._lock = threading.Lock()
 
     def append(self, chunk: bytes) -> None:
-        with self._lock:
+        self._pending.append(chunk)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._store()
+            finally:
+                self._lock.release()
+
+    def _store(self) -> None:
+        while self._pending:
+            chunk = self._pending.pop(0)
             self._chunks.append(chunk)
             self._size += len(chunk)
-            while self._size > self._max_bytes:
+            while self._size > self._max_bytes and self._chunks:
                 excess = self._size - self._max_bytes
                 first = self._chunks[0]
                 if len(first) <= excess:
@@ -1958,94 +1972,157 @@ class _TailBuffer:
     def text(self) -> str:
         """The kept bytes as text, after a marker line when anything was cut."""
         with self._lock:
+            self._store()
             data, cut = b"".join(self._chunks), self._cut
         return _tail_text(data, self._max_bytes, cut)
 
 
+_CAPTURE: contextvars.ContextVar[Optional[_OutputCapture]] = contextvars.ContextVar(
+    "orchestra_sdk_capture", default=None
+)
+
+
 class _OutputCapture:
-    """Keeps, bounded, what a run printed: stdout, stderr and log records at INFO and above."""
+    """Keeps, bounded, what one run printed (stdout, stderr) and logged (records at INFO and
+    above that the program's own handlers do not already show there), in the order it happened.
+
+    The program's streams and logging stay as they are: nothing is added to the root logger (so
+    ``logging.basicConfig()`` inside the run still works) and every write still reaches the
+    stream it was meant for.
+    """
 
     FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
     def __init__(self, max_bytes: int) -> None:
         self.buffer = _TailBuffer(max_bytes)
-        self._quiet = threading.local()  # set while we forward a record to stderr ourselves
-        self._streams: List[Tuple[str, Any, _Tee]] = []
-        self._handler: Optional[logging.Handler] = None
+        self._token: Any = None
+        self._on = False
 
     def start(self) -> None:
-        for attr in ("stdout", "stderr"):
-            stream = getattr(sys, attr)
-            if stream is not None:
-                tee = _Tee(stream, self)
-                setattr(sys, attr, tee)
-                self._streams.append((attr, stream, tee))
-        self._handler = _capture_handler(self)
-        logging.getLogger().addHandler(self._handler)
+        self._token = _CAPTURE.set(self)
+        _Router.enter(self)
+        self._on = True
 
     def stop(self) -> None:
-        if self._handler is not None:
-            logging.getLogger().removeHandler(self._handler)
-            self._handler = None
-        for attr, stream, tee in self._streams:
-            if getattr(sys, attr) is tee:  # someone else replaced it since: leave theirs
-                setattr(sys, attr, stream)
-        self._streams = []
+        if not self._on:
+            return
+        self._on = False
+        _Router.leave(self)
+        try:
+            _CAPTURE.reset(self._token)
+        except (ValueError, RuntimeError):  # stopped from another context
+            _CAPTURE.set(None)
 
-    def append(self, text: str, from_stream: bool = False) -> None:
-        if not (from_stream and getattr(self._quiet, "on", False)):
-            self.buffer.append(_clean_text(text).encode("utf-8"))
+    def append(self, text: str) -> None:
+        self.buffer.append(_clean_text(text).encode("utf-8"))
 
     def text(self) -> str:
         return self.buffer.text()
 
-    def on_record(self, record: logging.LogRecord, handler: logging.Handler) -> None:
-        self.append(handler.format(record) + "\n")
-        last_resort = logging.lastResort
-        if last_resort is not None and record.levelno >= last_resort.level and not _has_other_handlers(record, handler):
-            # Our handler hides Python's last-resort stderr output; keep it as it was.
-            self._quiet.on = True
-            try:
-                last_resort.handle(record)
-            finally:
-                self._quiet.on = False
+
+class _Router:
+    """Hands what the process prints and logs to the capture of the run it belongs to: the one
+    in the writer's context (its thread or task), or else the only capture running.
+
+    The streams and the log-record factory belong to the process, so this state does too: the
+    first capture to start installs the router, the last to stop removes it, in any order.
+    """
+
+    _lock = threading.Lock()
+    _active: List[_OutputCapture] = []
+    _installed: List[Tuple[str, Any, Any]] = []  # (sys attribute, original stream, our tee)
+    _factory: Optional[Tuple[Any, Any]] = None  # (the factory before ours, ours)
+
+    @classmethod
+    def owner(cls) -> Optional[_OutputCapture]:
+        capture = _CAPTURE.get()
+        if capture is not None and capture._on:
+            return capture
+        active = cls._active
+        return active[0] if len(active) == 1 else None
+
+    @classmethod
+    def enter(cls, capture: _OutputCapture) -> None:
+        with cls._lock:
+            if not cls._active:
+                for attr in ("stdout", "stderr"):
+                    stream = getattr(sys, attr)
+                    if stream is not None:
+                        tee = _Tee(stream)
+                        setattr(sys, attr, tee)
+                        cls._installed.append((attr, stream, tee))
+                previous = logging.getLogRecordFactory()
+                ours = _record_factory(previous)
+                logging.setLogRecordFactory(ours)
+                cls._factory = (previous, ours)
+            cls._active.append(capture)
+
+    @classmethod
+    def leave(cls, capture: _OutputCapture) -> None:
+        with cls._lock:
+            if capture in cls._active:
+                cls._active.remove(capture)
+            if cls._active:
+                return
+            for attr, stream, tee in cls._installed:
+                if getattr(sys, attr) is tee:  # replaced by the program since: its own, left alone
+                    setattr(sys, attr, stream)
+            cls._installed = []
+            if cls._factory is not None and logging.getLogRecordFactory() is cls._factory[1]:
+                logging.setLogRecordFactory(cls._factory[0])
+            cls._factory = None
+
+    @classmethod
+    def consoles(cls) -> List[Any]:
+        return [stream for _, original, tee in cls._installed for stream in (original, tee)]
 
 
-def _capture_handler(capture: _OutputCapture) -> logging.Handler:
-    """A root-logger handler that hands each record at INFO and above to `capture`."""
+def _record_factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """The program's record factory, also keeping each record at INFO and above for its run."""
+    formatter = logging.Formatter(_OutputCapture.FORMAT)
 
-    class CaptureHandler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                capture.on_record(record, self)
-            except Exception:
-                self.handleError(record)
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            if record.levelno >= logging.INFO:
+                capture = _Router.owner()
+                if capture is not None and not _shown_on_console(record):
+                    capture.append(formatter.format(record) + "\n")
+        except Exception:  # keeping a copy must never break the program's logging
+            pass
+        return record
 
-    handler = CaptureHandler(logging.INFO)
-    handler.setFormatter(logging.Formatter(_OutputCapture.FORMAT))
-    return handler
+    return factory
 
 
-def _has_other_handlers(record: logging.LogRecord, ours: logging.Handler) -> bool:
-    """Whether a handler besides `ours` takes the record, as Logger.callHandlers would look."""
-    node: Optional[logging.Logger] = logging.getLogger(record.name)
+def _shown_on_console(record: logging.LogRecord) -> bool:
+    """Whether the program's own handlers (or Python's last resort) will write `record` to the
+    captured stdout or stderr, where it is kept as shown; looked up as Logger.callHandlers does."""
+    consoles = _Router.consoles()
+    node: Optional[logging.Logger] = logging.getLogger(record.name) if record.name != "root" else logging.getLogger()
+    any_handler = False
     while node is not None:
-        if any(h is not ours and record.levelno >= h.level for h in node.handlers):
-            return True
+        for handler in node.handlers:
+            any_handler = True
+            stream = getattr(handler, "stream", None)
+            if record.levelno >= handler.level and any(stream is console for console in consoles):
+                return True
         node = node.parent if node.propagate else None
-    return False
+    last_resort = logging.lastResort
+    return not any_handler and last_resort is not None and record.levelno >= last_resort.level
 
 
 class _Tee:
-    """A text stream that writes through to the original and keeps a copy."""
+    """A text stream that writes through to the original and gives a copy to the writer's run."""
 
-    def __init__(self, stream: TextIO, capture: _OutputCapture) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._capture = capture
 
     def write(self, text: str) -> int:
         written = self._stream.write(text)
-        self._capture.append(text, from_stream=True)
+        capture = _Router.owner()
+        if capture is not None:
+            capture.append(text)
         return written
 
     def writelines(self, lines: Sequence[str]) -> None:

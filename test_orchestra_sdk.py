@@ -1757,7 +1757,7 @@ class LogTest(SDKTestCase):
         self.assertEqual(log_event["log_name"], "etl")
         data = log_event["data"]
         self.assertLess(data.index("printed line"), data.index("to stderr"))
-        self.assertLess(data.index("to stderr"), data.index("WARNING capture.app: a warning"))
+        self.assertLess(data.index("to stderr"), data.index("a warning"))  # as shown, or formatted if not shown
         self.assertNotIn("not shown", data)
         self.assertIn("Traceback (most recent call last)", data)
         self.assertIn("RuntimeError: broken", data)
@@ -1778,8 +1778,101 @@ class LogTest(SDKTestCase):
         )
         result = run_python(code, env=orchestra_env(self.server.url))
         self.assertEqual((result.stdout, result.stderr), ("printed line\n", "to stderr\na warning\n"))
-        data = self.server.events[-1]["data"]
-        self.assertRegex(data, r"^printed line\nto stderr\n[0-9-]+ [0-9:,]+ WARNING app: a warning\n$")
+        self.assertEqual(self.server.events[-1]["data"], "printed line\nto stderr\na warning\n")  # as it was shown
+
+    def shown_with_and_without_capture(self, body: str) -> Tuple[Tuple[str, str], Tuple[str, str]]:
+        """What a child program shows (stdout, stderr) when `body` runs under run() with
+        send_logs, and when it runs with no SDK at all."""
+        shown = []
+        for wrapped in (True, False):
+            head = "import logging, sys, orchestra_sdk\n"
+            if wrapped:
+                log_file = os.path.join(self.folder, "absent.log")
+                head += f"with orchestra_sdk.OrchestraSDK(log_file={log_file!r}, send_logs=True).run('job'):\n"
+            else:
+                head += "if True:\n"
+            code = head + textwrap.indent(textwrap.dedent(body), "    ")
+            result = run_python(code, env=orchestra_env(self.server.url))
+            shown.append((result.stdout, result.stderr))
+        return shown[0], shown[1]
+
+    def test_logging_configured_inside_a_captured_run_works_as_without_the_sdk(self) -> None:
+        captured, plain = self.shown_with_and_without_capture(
+            """\
+            logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+            logging.getLogger("app").info("informative")
+            logging.warning("careful")
+            print("printed")
+            """
+        )
+        self.assertEqual(captured, plain)
+        self.assertEqual(plain, ("INFO:app:informative\nWARNING:root:careful\nprinted\n", ""))
+        self.assertEqual(self.log_events()[0]["data"], plain[0])
+
+    def test_a_record_the_program_filtered_out_is_not_shown(self) -> None:
+        captured, plain = self.shown_with_and_without_capture(
+            """\
+            app = logging.getLogger("app")
+            app.addHandler(logging.StreamHandler(sys.stderr))
+            app.handlers[0].setLevel(logging.ERROR)
+            app.warning("filtered by the program's own handler")
+            app.error("shown")
+            """
+        )
+        self.assertEqual(captured, plain)
+        self.assertEqual(plain, ("", "shown\n"))
+
+    @unittest.skipUnless(hasattr(signal, "setitimer"), "interval timers")
+    def test_a_signal_handler_that_prints_during_a_captured_write_cannot_deadlock(self) -> None:
+        code = textwrap.dedent(
+            f"""\
+            import signal, sys, time, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK(log_file={os.path.join(self.folder, "absent.log")!r}, send_logs=True)
+            signal.signal(signal.SIGALRM, lambda signum, frame: print("tick"))
+            with sdk.run("job"):
+                signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+                ends = time.monotonic() + 1.0
+                while time.monotonic() < ends:
+                    sys.stdout.write("line\\n")
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            """
+        )
+        result = run_python(code, env=orchestra_env(self.server.url), timeout=WAIT)
+        self.assertEqual(result.returncode, 0, result.stderr[-500:])
+        self.assertEqual(self.server.statuses()[-2], ("SUCCEEDED", "job succeeded."))
+        self.assertIn("tick\n", self.log_events()[0]["data"])
+
+    def test_concurrent_runs_each_keep_their_own_output_and_streams_are_restored(self) -> None:
+        before = (sys.stdout, sys.stderr)
+        stop_first, first_started = threading.Event(), threading.Event()
+
+        def first() -> None:
+            sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
+            with sdk.run("first"):
+                print("from the first run")
+                first_started.set()
+                stop_first.wait(WAIT)
+                print("first again")
+
+        def second() -> None:
+            first_started.wait(WAIT)
+            sdk = self.sdk(log_file=os.path.join(self.folder, "absent.log"), send_logs=True)
+            with sdk.run("second"):
+                print("from the second run")
+                logging.getLogger("second.app").warning("second's warning")
+            stop_first.set()  # the second run stops first
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            threads = [threading.Thread(target=first), threading.Thread(target=second)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT)
+            self.assertNotIsInstance(sys.stdout, orchestra_sdk._Tee)
+        self.assertEqual((sys.stdout, sys.stderr), before)
+        logs = {e["log_name"]: e["data"] for e in self.log_events()}
+        self.assertEqual(logs["first"], "from the first run\nfirst again\n")
+        self.assertEqual(logs["second"], "from the second run\nsecond's warning\n")
 
     def test_capture_includes_info_records_when_logging_is_configured(self) -> None:
         root = logging.getLogger()
