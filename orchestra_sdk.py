@@ -1338,6 +1338,7 @@ class OrchestraSDK:
         self._lock = threading.Lock()
         self._in_flight: Set[_Budget] = set()  # the budgets of the events being sent now
         self._hurried = False  # a SIGTERM or Ctrl-C arrived: what is left to send gets HURRY_SECONDS
+        self._outermost_runs: List[_ActiveRun] = []  # active, in any thread
         self._refused: Optional[Tuple[_Config, str]] = None  # Orchestra refused this key or run for good
         self._struggling: Optional[Tuple[_Config, str]] = None  # the last update gave up on retryable failures
         self._url_problems: Dict[str, Optional[str]] = {}
@@ -1568,6 +1569,11 @@ class OrchestraSDK:
                 self._struggling = (config, api_key)
         return False
 
+    def _runs_elsewhere(self) -> bool:
+        """Whether an outermost run of this client is active in another thread."""
+        here = threading.get_ident()
+        return any(run.thread != here for run in self._outermost_runs)
+
     def _hurry(self) -> None:
         """From now on, and for the events being sent, at most HURRY_SECONDS each. Safe to call
         from a signal handler: it only lowers numbers."""
@@ -1684,10 +1690,14 @@ class _ActiveRun:
         self.sdk = sdk
         self.name = name
         self.reraise = reraise
-        self.outermost = sdk._current_run.get() is None
+        # A run inside another run of the same client is a step of it: in the same context, or in
+        # another thread while that run is active (whether or not threads inherit the context,
+        # as with -X thread_inherit_context=1, the default of free-threaded 3.14).
+        self.outermost = sdk._current_run.get() is None and not sdk._runs_elsewhere()
         # A step only sends messages, so it can never mark the whole Task as finished.
         self.is_step = not self.outermost or bool(os.environ.get(ENV_WRAPPED))
         self.pid = os.getpid()  # a forked child must never report its parent's run
+        self.thread = threading.get_ident()
         self.finishing = False
         self.sigterm: Optional[_SigtermGuard] = None
         self.capture: Optional[_OutputCapture] = None
@@ -1742,6 +1752,8 @@ class _ActiveRun:
     def _enter(self) -> None:
         self._token = self.sdk._current_run.set(self)
         if self.outermost:
+            with self.sdk._lock:
+                self.sdk._outermost_runs.append(self)
             if self.sdk.send_logs:
                 self.capture = _OutputCapture(self.sdk.max_log_bytes)
                 self.capture.start()
@@ -1782,6 +1794,9 @@ class _ActiveRun:
 
     def _cleanup(self) -> None:
         """Undo what _enter did; SIGTERM handling ends only after the last report."""
+        with self.sdk._lock:
+            if self in self.sdk._outermost_runs:
+                self.sdk._outermost_runs.remove(self)
         if self.capture is not None:
             self.capture.stop()
         if self.sigterm is not None:

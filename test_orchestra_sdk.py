@@ -1378,6 +1378,39 @@ class RunTest(SDKTestCase):
             ],
         )
 
+    def test_a_run_in_another_thread_during_a_run_is_a_step_of_it(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import threading, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            def part():
+                with sdk.run("part"):
+                    pass
+            with sdk.run("main"):
+                worker = threading.Thread(target=part)
+                worker.start()
+                worker.join()
+            part()  # after the run: a run of its own
+            """
+        )
+        expected = [
+            ("RUNNING", "main started."),
+            (None, "part started."),
+            (None, "part succeeded."),
+            ("SUCCEEDED", "main succeeded."),
+            ("RUNNING", "part started."),
+            ("SUCCEEDED", "part succeeded."),
+        ]
+        flags: List[List[str]] = [[]]
+        if sys.version_info >= (3, 14):  # threads may inherit the caller's context: the same either way
+            flags = [["-X", "thread_inherit_context=0"], ["-X", "thread_inherit_context=1"]]
+        for flag in flags:
+            with self.subTest(flag=flag):
+                self.server.requests.clear()
+                result = run_python(code, *flag, env=orchestra_env(self.server.url))
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertEqual(self.server.statuses(), expected)
+
     def test_reraise_false_reports_failed_and_returns_none(self) -> None:
         sdk = self.sdk()
 
