@@ -481,6 +481,44 @@ def validate_environment() -> Optional[uuid.UUID]:
     return uuid.UUID(task_run_id)
 
 
+HTTP_TRIGGER_HEADER = "orchestra_task_run_id"  # the header Orchestra's HTTP trigger sends
+
+
+def _read_http_headers(headers: Any) -> _Config:
+    """Read the task run id from an HTTP request's headers: any mapping (or list of pairs) of
+    names in any case, with '-' or '_', or a WSGI environ (HTTP_ORCHESTRA_TASK_RUN_ID). The
+    webhook URL never comes from a request (whoever can call the endpoint could redirect the
+    key): it is ORCHESTRA_WEBHOOK_URL's, or the default."""
+    webhook_url = _read_config(os.environ).webhook_url
+    try:
+        items = list(headers.items() if hasattr(headers, "items") else headers)
+    except TypeError:
+        return _Config(None, "the request headers are not a mapping", webhook_url)
+    found = []
+    for item in items:
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(name, str):
+            continue
+        key = name.lower().replace("-", "_")
+        if key in (HTTP_TRIGGER_HEADER, "http_" + HTTP_TRIGGER_HEADER):
+            found.append(value)
+    source = f"the request header {HTTP_TRIGGER_HEADER}"
+    if not found:
+        problem = (
+            f"{source} is missing (a proxy in front of the service may drop header names "
+            "with '_': see the README's HTTP-triggered Tasks)"
+        )
+        return _Config(None, problem, webhook_url)
+    value = found[-1]
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    task_run_id, id_problem = _parse_task_run_id(value if isinstance(value, str) else str(value), source)
+    return _Config(task_run_id, id_problem, webhook_url)
+
+
 def _is_loopback(host: str) -> bool:
     """localhost, 127.0.0.0/8 or ::1: where plain http cannot leave the machine."""
     host = host.lower().strip("[]")
@@ -1428,6 +1466,18 @@ class OrchestraSDK:
             self._warned.add(problem)  # said once here, not again at the first update
             return
         self.log_file = f"/tmp/{config.task_run_id}_{random.randint(0, 10000)}.log"
+
+    def configure_http_request(self, headers: Any) -> None:
+        """Take the task run id from the request that triggered this run (Orchestra's HTTP trigger
+        sends it in the header ``orchestra_task_run_id``): any mapping of headers, in any case,
+        with '-' or '_', or a WSGI ``environ``. A missing or malformed id leaves the SDK
+        unconfigured, with a warning; it never raises. Use one SDK object per request."""
+        config = _read_http_headers(headers)
+        self._apply_config(config)
+        if config.task_run_id is None:
+            problem = config.task_run_id_problem or "no task run id"
+            _log.warning("Orchestra is not configured for this request: %s; updates will be skipped.", problem)
+            self._warned.add(problem)
 
     def __repr__(self) -> str:
         key = "set" if self.api_key else "missing"

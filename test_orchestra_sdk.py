@@ -2891,6 +2891,89 @@ class CLITest(unittest.TestCase):
 # ---------------------------------------------------------------------------------------------
 
 
+class HTTPTriggerTest(SDKTestCase):
+    def test_the_id_is_read_from_headers_in_any_form(self) -> None:
+        import email.message
+
+        message = email.message.Message()
+        message["Orchestra-Task-Run-Id"] = TASK_RUN_ID
+        forms: List[Any] = [
+            {"orchestra_task_run_id": TASK_RUN_ID},
+            {"ORCHESTRA-TASK-RUN-ID": f" {TASK_RUN_ID.upper()} "},
+            [("Content-Type", "application/json"), ("Orchestra_Task_Run_Id", TASK_RUN_ID)],
+            {"HTTP_ORCHESTRA_TASK_RUN_ID": TASK_RUN_ID, "wsgi.input": object()},  # a WSGI environ
+            message,  # http.server's self.headers
+        ]
+        for headers in forms:
+            with self.subTest(headers=type(headers).__name__):
+                sdk = self.sdk()
+                sdk.task_run_id = None
+                sdk.configure_http_request(headers)
+                self.assertEqual(str(sdk.task_run_id), TASK_RUN_ID)
+
+    def test_a_missing_or_malformed_id_is_a_warning_never_an_exception(self) -> None:
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.server.url
+        for headers, problem in [
+            ({}, "the request header orchestra_task_run_id is missing (a proxy"),
+            ({"orchestra_task_run_id": "nope"}, "orchestra_task_run_id='nope' is not a UUID"),
+            (None, "the request headers are not a mapping"),
+            ([("a",), 3], "is missing"),
+        ]:
+            with self.subTest(headers=headers):
+                self.log.lines.clear()
+                sdk = self.sdk()
+                sdk.configure_http_request(headers)
+                self.assertIsNone(sdk.task_run_id)
+                self.assertFalse(sdk.update_task(message="x"))
+                (warning,) = self.log_lines("WARNING")
+                self.assertIn(problem, warning)
+        self.assertEqual(self.server.requests, [])
+
+    def test_the_webhook_url_never_comes_from_the_request(self) -> None:
+        sdk = self.sdk()
+        sdk.configure_http_request({"orchestra_task_run_id": TASK_RUN_ID, "orchestra_webhook_url": "https://x.example"})
+        self.assertEqual(sdk.webhook_url, self.server.url)
+
+    def test_the_example_service_runs_concurrent_triggers_each_on_its_own(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        script = os.path.join(HERE, "examples", "http_service.py")
+        _child, first = spawn(self, [sys.executable, script, "--port", "0"], orchestra_env(self.server.url))
+        service = first.split()[-1]
+        run_ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        answers: List[int] = []
+
+        def trigger(run_id: Optional[str]) -> None:
+            headers = {"orchestra_task_run_id": run_id} if run_id else {}
+            request = urllib.request.Request(service, data=b"", headers=headers, method="POST")
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            try:
+                with opener.open(request, timeout=WAIT) as response:
+                    answers.append(response.status)
+            except urllib.error.HTTPError as error:
+                answers.append(error.code)
+
+        triggers = [threading.Thread(target=trigger, args=(run_id,)) for run_id in [*run_ids, None]]
+        for thread in triggers:
+            thread.start()
+        for thread in triggers:
+            thread.join(WAIT)
+        self.assertEqual(sorted(answers), [202, 202, 400])
+        deadline = time.monotonic() + WAIT
+        while sum(e["event_type"] == "LOG" for e in self.server.events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for run_id, other in (run_ids, run_ids[::-1]):
+            events = [e for e in self.server.events if e["task_run_id"] == run_id]
+            kinds = [e.get("status") or e["event_type"] for e in events]
+            self.assertEqual(kinds, ["RUNNING", "SET_OUTPUT", "SUCCEEDED", "LOG"])
+            log = events[-1]["data"]
+            self.assertIn(f"loading orders for run {run_id}", log)
+            self.assertIn(f"run {run_id}: 3 orders had no customer", log)
+            self.assertNotIn(other, log)
+        self.assertEqual(len(self.server.requests), 8)
+
+
 class ExampleTest(SDKTestCase):
     def test_official_style_example_runs_unchanged(self) -> None:
         folder = temp_folder(self)
