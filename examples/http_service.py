@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the vendored module
 
-from orchestra_sdk import OrchestraSDK  # noqa: E402
+from orchestra_sdk import OrchestraSDK
 
 log = logging.getLogger("http_service")
 
