@@ -1,8 +1,9 @@
-"""A Task written exactly as the official orchestra-sdk README shows it, unchanged.
+"""A Task that uses only the official orchestra-sdk 0.2.0 API, so it runs unchanged on either package.
 
-It runs on the single-file orchestra_sdk.py with nothing else installed: the official import
-paths, the decorator, manual updates, an output, a log file, a linked connection, and an AWS
-Lambda handler (called at the end with an event like the one Orchestra sends).
+Not the official README's text: its pieces (the official import paths, the decorator, manual
+updates, an output, a log file, a linked connection, and an AWS Lambda handler called at the
+end with an event like the one Orchestra sends) put together in one runnable file. Here it runs
+on the single-file orchestra_sdk.py with nothing else installed.
 """
 
 import logging
