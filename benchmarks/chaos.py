@@ -47,6 +47,7 @@ class ChaosServer:
         self.seen: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.connections = 0  # TCP connections accepted: the SDK keeps one alive between updates
         self.stopping = threading.Event()
         self.handlers: List[threading.Thread] = []
         self.sock = socket.socket()
@@ -61,6 +62,8 @@ class ChaosServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            with self.lock:
+                self.connections += 1
             handler = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             handler.start()
             with self.lock:
@@ -89,20 +92,25 @@ class ChaosServer:
         return rng.choice(FAULTS) if rng.random() < rate else ""
 
     def _serve(self, conn: socket.socket) -> None:
+        """Serve requests on one connection: kept alive after a success, closed after a fault
+        (so a client that reuses it meets a connection the server closed)."""
         with conn:
             conn.settimeout(10)
             try:
-                body = self._read_request(conn)
-                if not body:
-                    return
-                message = json.loads(body)["message"]
-                with self.lock:
-                    self.seen[message] += 1
-                    attempt = self.seen[message]
-                fault = self._choose_fault(message, attempt)
-                with self.lock:
-                    self.faults[fault or "none"] += 1
-                self._answer(conn, fault, message)
+                while True:
+                    body = self._read_request(conn)
+                    if not body:
+                        return
+                    message = json.loads(body)["message"]
+                    with self.lock:
+                        self.seen[message] += 1
+                        attempt = self.seen[message]
+                    fault = self._choose_fault(message, attempt)
+                    with self.lock:
+                        self.faults[fault or "none"] += 1
+                    self._answer(conn, fault, message)
+                    if fault or self.stopping.is_set():
+                        return
             except OSError:
                 pass
 
@@ -128,7 +136,7 @@ class ChaosServer:
         elif fault == "hang":
             self.stopping.wait(2.0)
         else:
-            conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{"success": true}')
+            conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{"success": true}')
             with self.lock:
                 self.delivered[message] += 1
 
@@ -204,6 +212,7 @@ def main() -> int:
         ("time per update", f"{statistics.median(durations) * 1000:.1f} ms median, {durations[-1]:.2f} s worst"),
         ("deadline", f"{policy.deadline:g} s; {len(over_deadline)} updates over it"),
         ("wall time", f"{wall:.1f} s"),
+        ("connections opened", f"{server.connections} (for {attempts} attempts: kept alive between updates)"),
         ("faults injected", ", ".join(f"{k} {v}" for k, v in fault_mix.items() if k != "none")),
     ]
     shown = ", ".join(f"{k}={getattr(policy, k):g}" for k in ("timeout", "retries", "deadline", "backoff"))

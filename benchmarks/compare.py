@@ -41,7 +41,7 @@ OFFICIAL = "orchestra-sdk==0.2.0"
 
 GOALS = [
     # (figure, how it is computed, comparison, goal)
-    ("import, wall, ours / empty interpreter", "<=", 3.0),
+    ("import, wall, ours / empty interpreter", "<=", 2.5),  # dataclasses (the design card) costs a few ms
     ("import, peak memory, ours - empty interpreter (MiB)", "<=", 2.0),
     ("import, wall, official / ours", ">=", 6.0),
     ("cold Task, wall, ours / bare urllib.request floor", "<=", 1.1),
