@@ -1894,7 +1894,9 @@ async def _in_thread(func: Callable[..., None], *args: Any) -> None:
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
-    threading.Thread(target=work, name="orchestra-sdk-report", daemon=True).start()
+    # Not a daemon: if the loop is torn down meanwhile (a second Ctrl-C on Python 3.8 and 3.9),
+    # the interpreter still waits for the report, which its deadline bounds, before it exits.
+    threading.Thread(target=work, name="orchestra-sdk-report").start()
     cancelled: Optional[BaseException] = None
     while not done.done():
         try:
@@ -1969,10 +1971,11 @@ class _SigtermGuard:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        self.received = True
         self.active.sdk._hurry()  # the reports still to come get little time: a SIGKILL follows
-        if self.active.finishing:
-            return  # the final report is being sent; the run exits afterwards
+        if self.received or self.active.finishing:
+            self.received = True
+            return  # the run is already ending (a second SIGTERM, or the final report is being sent)
+        self.received = True
         task = self.active.task
         if task is not None:
             import asyncio
@@ -1985,8 +1988,17 @@ class _SigtermGuard:
         raise SystemExit(_SIGTERM_EXIT_STATUS)
 
     def restore(self) -> None:
-        if signal.getsignal(signal.SIGTERM) == self._handle:
+        if signal.getsignal(signal.SIGTERM) != self._handle:
+            return
+        if self.received:  # the process is ending with status 143: a second SIGTERM must not kill it first
+            signal.signal(signal.SIGTERM, _ignore_after_sigterm)
+        else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _ignore_after_sigterm(signum: int, frame: Optional[types.FrameType]) -> None:
+    """SIGTERM once the run has reported CANCELLED and the process is exiting 143: nothing to do.
+    (A handler, not SIG_IGN, which processes started meanwhile would inherit.)"""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2315,6 +2315,30 @@ class SigtermTest(unittest.TestCase):
         assert child.stderr is not None
         self.assertIn("Orchestra did not receive the UPDATE_STATUS event", child.stderr.read())
 
+    def test_a_second_sigterm_while_the_run_ends_changes_nothing(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import time, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            with sdk.run('job'):
+                try:
+                    print('ready', flush=True)
+                    time.sleep(30)
+                finally:
+                    time.sleep(0.3)  # cleaning up when the second SIGTERM arrives
+            """
+        )
+        for gap in (0.1, 0.6):  # during the body's cleanup; after the final status, while exiting
+            with self.subTest(gap=gap):
+                self.server.requests.clear()
+                child = self.start(code)
+                child.send_signal(signal.SIGTERM)
+                time.sleep(gap)
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+                self.assertEqual(child.wait(WAIT), 143)
+                self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
+
     def test_own_sigterm_handler_is_left_alone(self) -> None:
         code = textwrap.dedent(
             """\
