@@ -261,11 +261,12 @@ _SIGTERM_EXIT_STATUS = 128 + int(getattr(signal, "SIGTERM", 15))  # what a shell
 
 def _exit_status(code: object) -> int:
     """The exit status the interpreter gives ``sys.exit(code)``: None is 0, an int is taken
-    modulo 256 by the system, anything else (a message, 0.0, Decimal(0)) is printed and exits 1."""
+    modulo 256 by the system (beyond a C long, 255), anything else (a message, 0.0, Decimal(0))
+    is printed and exits 1."""
     if code is None:
         return 0
     if isinstance(code, int):
-        return code & 0xFF if -(2**31) <= code < 2**31 else 1
+        return code & 0xFF if -(2**63) <= code < 2**63 else 255  # a C long, cut to its low byte
     return 1
 
 
@@ -1697,7 +1698,7 @@ class _Run:
                 f"run() cannot report the generator function {name!r}: it would be SUCCEEDED before its "
                 f"first item. Report the code that consumes it: `with orchestra.run({name!r}): for item in ...`"
             )
-        if inspect.iscoroutinefunction(func):
+        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -1709,7 +1710,7 @@ class _Run:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with _ActiveRun(sdk, name, reraise):
-                return func(*args, **kwargs)
+                return _not_awaitable(func(*args, **kwargs), name)
 
         return wrapper  # type: ignore[return-value]
 
@@ -1730,6 +1731,20 @@ class _Run:
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
         return await self._active.pop().__aexit__(exc_type, exc, tb)
+
+
+def _not_awaitable(result: Any, name: str) -> Any:
+    """The result of a function run() took for synchronous: a coroutine there means its body has
+    not run yet (a wrapper that is not async-aware), so SUCCEEDED would be a lie: refuse it."""
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: no "coroutine was never awaited" warning on top
+        raise TypeError(
+            f"{name!r} returned {type(result).__name__} without running its body: run() took it for "
+            "a plain function (a wrapper that is not async-aware hides the async def). Decorate the "
+            "async def itself, or use `async with orchestra.run(...)` around the await"
+        )
+    return result
 
 
 class _ActiveRun:
@@ -1753,6 +1768,7 @@ class _ActiveRun:
         self.capture: Optional[_OutputCapture] = None
         self.task: Any = None  # the asyncio task, for async runs
         self._token: Any = None
+        self._reports = threading.Lock()  # a run's reports go out one after another, in order
 
     # -- sync -----------------------------------------------------------------------------------
 
@@ -1782,6 +1798,8 @@ class _ActiveRun:
 
         self.task = asyncio.current_task()
         self._enter()
+        if os.getpid() != self.pid:  # cannot happen between __init__ and here, but cheap to say
+            return self
         try:
             await _in_thread(self._report_start)
         except BaseException as exc:
@@ -1790,9 +1808,16 @@ class _ActiveRun:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        import asyncio
+
         self.finishing = True
+        if os.getpid() != self.pid:  # a forked child unwinding through the parent's run: not ours
+            return False
         try:
             await _in_thread(self._finish, exc)
+        except asyncio.CancelledError:
+            if not self._sigterm_received():
+                raise
         finally:
             self._cleanup()
         return self._after(exc)
@@ -1817,8 +1842,13 @@ class _ActiveRun:
         self._report_end(exc)
         self._send_logs()
 
+    def _sigterm_received(self) -> bool:
+        """Whether SIGTERM ended this run (or, for a step, the outermost run it belongs to)."""
+        runs = [self] if self.outermost else list(self.sdk._outermost_runs)
+        return any(run.sigterm is not None and run.sigterm.received for run in runs)
+
     def _report_end(self, exc: Optional[BaseException]) -> None:
-        sigterm = self.sigterm is not None and self.sigterm.received
+        sigterm = self._sigterm_received()
         status, message = _outcome(self.name, exc=exc, signum=signal.SIGTERM if sigterm else 0)
         if self.capture is not None and exc is not None and status is not TaskRunStatus.SUCCEEDED:
             import traceback
@@ -1831,7 +1861,10 @@ class _ActiveRun:
             return  # a forked child unwinding through the parent's run
         if self.outermost and self.is_step and status in (TaskRunStatus.FAILED, TaskRunStatus.CANCELLED):
             _note_final_status(status, message)  # under `orchestra-sdk run`: the wrapper must know
-        self.sdk.update_task(status=None if self.is_step else status, message=message)
+        if not self.outermost and self.sdk._hurried:
+            return  # the process is being stopped: a step's message must not delay the final status
+        with self._reports:  # a RUNNING still being retried is never overtaken by the final status
+            self.sdk.update_task(status=None if self.is_step else status, message=message)
 
     def _send_logs(self) -> None:
         """One LOG event per outermost run: the log file when it exists, else what was captured."""
@@ -1883,12 +1916,17 @@ async def _in_thread(func: Callable[..., None], *args: Any) -> None:
             else:
                 done.set_exception(error)
 
+    finished = threading.Event()
+    errors: List[Optional[BaseException]] = []
+
     def work() -> None:
         error: Optional[BaseException] = None
         try:
             func(*args)
         except BaseException as exc:
             error = exc
+        errors.append(error)
+        finished.set()
         try:
             loop.call_soon_threadsafe(settle, error)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -1900,11 +1938,13 @@ async def _in_thread(func: Callable[..., None], *args: Any) -> None:
     cancelled: Optional[BaseException] = None
     while not done.done():
         try:
-            await asyncio.shield(done)
+            # Woken by call_soon_threadsafe, and every 50 ms all the same: a child forked from
+            # this process that closed its copy of the loop can unregister the wake-up pipe.
+            await asyncio.wait({done}, timeout=0.05)
         except asyncio.CancelledError as exc:
-            if done.done():
-                break
             cancelled = exc  # finish the report first
+        if not done.done() and finished.is_set():
+            settle(errors[0])
     if cancelled is not None and done.exception() is None:
         raise cancelled
     done.result()
@@ -1981,10 +2021,13 @@ class _SigtermGuard:
             import asyncio
 
             loop = task.get_loop()
-            if asyncio.current_task(loop) is not task:  # the loop is free: cancel the task there
+            holder = asyncio.current_task(loop)
+            if holder is None or (holder is not task and self.active.sdk._current_run.get() is None):
+                # The loop is free, or held by a task outside the run: cancel the run's task there.
                 loop.call_soon_threadsafe(task.cancel)
                 return
-            # The task itself holds the loop (time.sleep, a blocking driver): end it right here.
+            # The run's task, or a task it started, holds the loop (time.sleep, a blocking
+            # driver): end it right here; the run's task is then cancelled as the loop winds down.
         raise SystemExit(_SIGTERM_EXIT_STATUS)
 
     def restore(self) -> None:

@@ -1444,6 +1444,11 @@ class RunTest(SDKTestCase):
             (SystemExit(None), "SUCCEEDED", "f succeeded."),
             (SystemExit(3), "FAILED", "f failed. Error: exit code 3"),
             (SystemExit("bad config"), "FAILED", "f failed. Error: exit code 1: bad config"),
+            (SystemExit(256), "SUCCEEDED", "f succeeded."),  # the system keeps the low byte: exit 0
+            (SystemExit(2**31), "SUCCEEDED", "f succeeded."),
+            (SystemExit(-1), "FAILED", "f failed. Error: exit code 255"),
+            (SystemExit(2**64), "FAILED", "f failed. Error: exit code 255"),
+            (SystemExit(0.0), "FAILED", "f failed. Error: exit code 1: 0.0"),
             (GeneratorExit("odd"), "FAILED", "f failed. Error: odd"),
         ]
         sdk = self.sdk()
@@ -1554,6 +1559,30 @@ class AsyncRunTest(SDKTestCase):
         self.assertTrue(inspect.iscoroutinefunction(wrapped))
         self.assertEqual(asyncio.run(wrapped()), "done")
         self.assertEqual(self.server.statuses()[-1], ("SUCCEEDED", "marked succeeded."))
+
+    def test_a_wrapper_that_hides_an_async_def_is_refused_not_reported_succeeded(self) -> None:
+        sdk = self.sdk()
+
+        async def body() -> int:
+            return 1
+
+        def not_async_aware() -> Any:
+            return body()
+
+        with self.assertRaisesRegex(TypeError, "'hidden' returned coroutine without running its body"):
+            sdk.run("hidden")(not_async_aware)()
+        self.assertEqual(self.server.statuses()[-1][0], "FAILED")
+
+    def test_an_object_with_an_async_call_is_reported_around_the_await(self) -> None:
+        sdk = self.sdk()
+
+        class Job:
+            async def __call__(self) -> str:
+                await asyncio.sleep(0.01)
+                return "done"
+
+        self.assertEqual(asyncio.run(sdk.run("job")(Job())()), "done")
+        self.assertEqual(self.server.statuses(), [("RUNNING", "job started."), ("SUCCEEDED", "job succeeded.")])
 
     def test_generator_functions_are_refused_with_what_to_do(self) -> None:
         sdk = self.sdk()
@@ -2339,6 +2368,67 @@ class SigtermTest(unittest.TestCase):
                     child.send_signal(signal.SIGTERM)
                 self.assertEqual(child.wait(WAIT), 143)
                 self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
+
+    def test_sigterm_while_a_task_of_the_run_blocks_the_loop_ends_it_at_once(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import asyncio, time, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            @sdk.run()
+            async def job():
+                async def blocker():
+                    print('ready', flush=True)
+                    time.sleep(20)  # a synchronous driver in a task the run started
+                await asyncio.ensure_future(blocker())
+            asyncio.run(job())
+            """
+        )
+        child = self.start(code)
+        signalled = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        self.assertEqual(child.wait(WAIT), 143)
+        self.assertLess(time.monotonic() - signalled, 5.0)  # not the 20 s the blocking call lasts
+        self.assertEqual(self.server.events[-1], status_event("CANCELLED", "job cancelled: received SIGTERM."))
+
+    def test_sigterm_inside_a_step_reports_the_run_cancelled_without_waiting_for_the_step(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import time, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            with sdk.run('job'):
+                with sdk.run('part'):
+                    print('ready', flush=True)
+                    time.sleep(20)
+            """
+        )
+        child = self.start(code)
+        child.send_signal(signal.SIGTERM)
+        self.assertEqual(child.wait(WAIT), 143)
+        self.assertEqual(
+            self.server.statuses(),
+            [("RUNNING", "job started."), (None, "part started."), ("CANCELLED", "job cancelled: received SIGTERM.")],
+        )
+
+    @unittest.skipUnless(hasattr(os, "fork"), "os.fork")
+    def test_a_child_forked_inside_a_coroutine_run_exits_as_it_says_and_the_parent_reports(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import asyncio, os, sys, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            @sdk.run()
+            async def job():
+                pid = os.fork()
+                if pid == 0:
+                    sys.exit(3)  # unwinds through the parent's run, in the child
+                _, status = os.waitpid(pid, 0)
+                print(status >> 8, flush=True)
+                await asyncio.sleep(0.1)
+            asyncio.run(job())
+            """
+        )
+        result = run_python(code, env=self.env)
+        self.assertEqual((result.returncode, result.stdout), (0, "3\n"), result.stderr)
+        self.assertEqual(self.server.statuses(), [("RUNNING", "job started."), ("SUCCEEDED", "job succeeded.")])
 
     def test_own_sigterm_handler_is_left_alone(self) -> None:
         code = textwrap.dedent(
