@@ -1649,6 +1649,56 @@ class AsyncRunTest(SDKTestCase):
         asyncio.run(asyncio.wait_for(main(), WAIT))
         self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "slow cancelled."))
 
+    def test_reports_do_not_wait_for_the_programs_threads_nor_vanish_with_a_cancel(self) -> None:
+        sdk = self.sdk()
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        failing: List[asyncio.Event] = []  # made inside the loop: Python 3.8 binds it to one
+
+        @sdk.run()
+        async def job() -> None:
+            failing[0].set()
+            raise ValueError("bad rows")
+
+        async def main() -> None:
+            failing.append(asyncio.Event())
+            loop = asyncio.get_running_loop()
+            busy = [loop.run_in_executor(None, release.wait, WAIT) for _ in range(64)]  # the default executor is full
+            task = asyncio.ensure_future(job())
+            await failing[0].wait()
+            task.cancel()  # as the body fails: the final report must still go out
+            with contextlib.suppress(asyncio.CancelledError, ValueError):
+                await task
+            release.set()
+            await asyncio.gather(*busy)
+
+        started = time.monotonic()
+        asyncio.run(asyncio.wait_for(main(), WAIT))
+        self.assertLess(time.monotonic() - started, WAIT / 2)
+        self.assertEqual(self.server.statuses()[-1][0], "FAILED")
+
+    def test_a_cancel_while_running_is_retried_never_lets_running_come_last(self) -> None:
+        self.server.then(delay(0.3, reply(503)), delay(0.3, reply(503)))  # RUNNING is retried, slowly
+        sdk = self.sdk(backoff=0.05)
+
+        @sdk.run()
+        async def job() -> None:
+            await asyncio.sleep(WAIT)
+
+        async def main() -> None:
+            task = asyncio.ensure_future(job())
+            while len(self.server.requests) < 1:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(asyncio.wait_for(main(), WAIT))
+        statuses = [status for status, _ in self.server.statuses()]
+        self.assertEqual(statuses[-1], "CANCELLED")
+        self.assertEqual(set(statuses[:-1]), {"RUNNING"})
+
     def test_event_loop_keeps_running_while_an_update_is_in_flight(self) -> None:
         self.server.then(delay(0.6, reply(200)))
         sdk = self.sdk()
@@ -2429,6 +2479,58 @@ class SigtermTest(unittest.TestCase):
         result = run_python(code, env=self.env)
         self.assertEqual((result.returncode, result.stdout), (0, "3\n"), result.stderr)
         self.assertEqual(self.server.statuses(), [("RUNNING", "job started."), ("SUCCEEDED", "job succeeded.")])
+
+    def test_ctrl_c_during_the_final_report_does_not_lose_it(self) -> None:
+        self.server.then(reply(200), delay(0.3, reply(503)), delay(0.3, reply(200)))  # SUCCEEDED is retried
+        code = textwrap.dedent(
+            """\
+            import orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK(backoff=0.05)
+            print('ready', flush=True)
+            with sdk.run('job'):
+                pass
+            """
+        )
+        child = self.start(code)
+        deadline = time.monotonic() + WAIT
+        while len(self.server.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+        self.assertEqual(child.wait(WAIT), -signal.SIGINT)  # then KeyboardInterrupt, as without the SDK
+        self.assertEqual(self.server.statuses()[-1], ("SUCCEEDED", "job succeeded."))
+        assert child.stderr is not None
+        self.assertIn("Interrupted: sending the final status to Orchestra first", child.stderr.read())
+
+    def test_a_process_terminated_inside_a_run_dies_of_sigterm_as_without_the_sdk(self) -> None:
+        for kind in ("sync", "async"):
+            code = textwrap.dedent(
+                f"""\
+                import asyncio, multiprocessing, time, orchestra_sdk
+                sdk = orchestra_sdk.OrchestraSDK()
+                def child():
+                    time.sleep(20)
+                def body():
+                    process = multiprocessing.get_context("fork").Process(target=child)
+                    process.start()
+                    time.sleep(0.2)
+                    process.terminate()
+                    process.join(10)
+                    print(process.exitcode, flush=True)
+                if {kind!r} == "sync":
+                    with sdk.run("job"):
+                        body()
+                else:
+                    async def job():
+                        async with sdk.run("job"):
+                            body()
+                    asyncio.run(job())
+                """
+            )
+            with self.subTest(kind=kind):
+                self.server.requests.clear()
+                result = run_python(code, env=self.env)
+                self.assertEqual((result.stdout, result.returncode), ("-15\n", 0), result.stderr)
+                self.assertEqual(self.server.statuses()[-1], ("SUCCEEDED", "job succeeded."))
 
     def test_own_sigterm_handler_is_left_alone(self) -> None:
         code = textwrap.dedent(
