@@ -1769,6 +1769,7 @@ class _ActiveRun:
         self.task: Any = None  # the asyncio task, for async runs
         self._token: Any = None
         self._reports = threading.Lock()  # a run's reports go out one after another, in order
+        self._final_sent = False
 
     # -- sync -----------------------------------------------------------------------------------
 
@@ -1835,7 +1836,7 @@ class _ActiveRun:
             self.sigterm = _SigtermGuard.install(self)
 
     def _report_start(self) -> None:
-        self._report(TaskRunStatus.RUNNING, _started(self.name))
+        self._report(TaskRunStatus.RUNNING, _started(self.name), final=False)
 
     def _finish(self, exc: Optional[BaseException]) -> None:
         """The final status, then the log."""
@@ -1854,9 +1855,9 @@ class _ActiveRun:
             import traceback
 
             self.capture.append("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        self._report(status, message)
+        self._report(status, message, final=True)
 
-    def _report(self, status: TaskRunStatus, message: str) -> None:
+    def _report(self, status: TaskRunStatus, message: str, final: bool) -> None:
         if os.getpid() != self.pid:
             return  # a forked child unwinding through the parent's run
         if self.outermost and self.is_step and status in (TaskRunStatus.FAILED, TaskRunStatus.CANCELLED):
@@ -1864,6 +1865,9 @@ class _ActiveRun:
         if not self.outermost and self.sdk._hurried:
             return  # the process is being stopped: a step's message must not delay the final status
         with self._reports:  # a RUNNING still being retried is never overtaken by the final status
+            if self._final_sent:
+                return  # the final status went first (a SIGTERM as RUNNING was starting): RUNNING is moot
+            self._final_sent = final
             self.sdk.update_task(status=None if self.is_step else status, message=message)
 
     def _send_logs(self) -> None:
@@ -1893,6 +1897,8 @@ class _ActiveRun:
         """The one exit rule, once the final status is sent: a SIGTERM ends the process with
         status 143 (unless the exception already is that exit); else say whether to swallow."""
         if self.sigterm is not None and self.sigterm.received and not isinstance(exc, SystemExit):
+            if self.sigterm.exiting_elsewhere and exc is not None and _is_cancellation(exc):
+                return False  # another task of the run carries SystemExit(143); the loop is winding down
             raise SystemExit(_SIGTERM_EXIT_STATUS) from exc
         return exc is not None and isinstance(exc, Exception) and not self.reraise
 
@@ -1994,6 +2000,7 @@ class _SigtermGuard:
     def __init__(self, active: _ActiveRun) -> None:
         self.active = active
         self.received = False
+        self.exiting_elsewhere = False  # SystemExit(143) was raised in another task of the run
 
     @classmethod
     def install(cls, active: _ActiveRun) -> Optional[_SigtermGuard]:
@@ -2028,6 +2035,7 @@ class _SigtermGuard:
                 return
             # The run's task, or a task it started, holds the loop (time.sleep, a blocking
             # driver): end it right here; the run's task is then cancelled as the loop winds down.
+            self.exiting_elsewhere = holder is not task
         raise SystemExit(_SIGTERM_EXIT_STATUS)
 
     def restore(self) -> None:

@@ -2439,6 +2439,8 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(child.wait(WAIT), 143)
         self.assertLess(time.monotonic() - signalled, 5.0)  # not the 20 s the blocking call lasts
         self.assertEqual(self.server.events[-1], status_event("CANCELLED", "job cancelled: received SIGTERM."))
+        assert child.stderr is not None
+        self.assertNotIn("Traceback", child.stderr.read())
 
     def test_sigterm_inside_a_step_reports_the_run_cancelled_without_waiting_for_the_step(self) -> None:
         code = textwrap.dedent(
