@@ -1751,6 +1751,8 @@ class _ActiveRun:
     """One execution of a run, as a context manager (sync or async): reports its start and how it
     ended, and owns the SIGTERM handling and output capture of an outermost run."""
 
+    ended: bool  # its reports are done and it is cleaned up
+
     def __init__(self, sdk: OrchestraSDK, name: str, reraise: bool) -> None:
         self.sdk = sdk
         self.name = name
@@ -1758,7 +1760,10 @@ class _ActiveRun:
         # A run inside another run of the same client is a step of it: in the same context, or in
         # another thread while that run is active (whether or not threads inherit the context,
         # as with -X thread_inherit_context=1, the default of free-threaded 3.14).
-        self.outermost = sdk._current_run.get() is None and not sdk._runs_elsewhere()
+        # A run the context still names but that has ended (a pool thread that inherited the
+        # context of a run long finished) is no parent.
+        parent = sdk._current_run.get()
+        self.outermost = (parent is None or parent.ended) and not sdk._runs_elsewhere()
         # A step only sends messages, so it can never mark the whole Task as finished.
         self.is_step = not self.outermost or bool(os.environ.get(ENV_WRAPPED))
         self.pid = os.getpid()  # a forked child must never report its parent's run
@@ -1770,6 +1775,7 @@ class _ActiveRun:
         self._token: Any = None
         self._reports = threading.Lock()  # a run's reports go out one after another, in order
         self._final_sent = False
+        self.ended = False
 
     # -- sync -----------------------------------------------------------------------------------
 
@@ -1881,6 +1887,7 @@ class _ActiveRun:
 
     def _cleanup(self) -> None:
         """Undo what _enter did; SIGTERM handling ends only after the last report."""
+        self.ended = True
         with self.sdk._lock:
             if self in self.sdk._outermost_runs:
                 self.sdk._outermost_runs.remove(self)

@@ -29,6 +29,7 @@ import time
 import traceback
 import unittest
 import uuid
+import warnings
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from unittest import mock
@@ -1391,6 +1392,11 @@ class RunTest(SDKTestCase):
                 worker.start()
                 worker.join()
             part()  # after the run: a run of its own
+            import concurrent.futures
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                with sdk.run("first"):
+                    pool.submit(lambda: None).result()  # the pool's thread starts inside "first"
+                pool.submit(part).result()  # ...and runs "part" after "first" ended: a run of its own
             """
         )
         expected = [
@@ -1398,6 +1404,10 @@ class RunTest(SDKTestCase):
             (None, "part started."),
             (None, "part succeeded."),
             ("SUCCEEDED", "main succeeded."),
+            ("RUNNING", "part started."),
+            ("SUCCEEDED", "part succeeded."),
+            ("RUNNING", "first started."),
+            ("SUCCEEDED", "first succeeded."),
             ("RUNNING", "part started."),
             ("SUCCEEDED", "part succeeded."),
         ]
@@ -2321,7 +2331,8 @@ class SigtermTest(unittest.TestCase):
             def job():
                 try:
                     print('ready', flush=True)
-                    time.sleep(30)
+                    for _ in range(400):  # in slices: 3.14 may not see a signal that came just before a sleep
+                        time.sleep(0.05)
                 finally:
                     open({marker!r}, 'w').close()
             job()
@@ -2342,7 +2353,8 @@ class SigtermTest(unittest.TestCase):
             @sdk.run()
             async def job():
                 print('ready', flush=True)
-                await asyncio.sleep(30)
+                for _ in range(600):  # in slices: 3.14 may not see a signal that came just before a sleep
+                    await asyncio.sleep(0.05)
             asyncio.run(job())
             """
         )
@@ -2403,7 +2415,8 @@ class SigtermTest(unittest.TestCase):
             with sdk.run('job'):
                 try:
                     print('ready', flush=True)
-                    time.sleep(30)
+                    for _ in range(400):  # in slices: 3.14 may not see a signal that came just before a sleep
+                        time.sleep(0.05)
                 finally:
                     time.sleep(0.3)  # cleaning up when the second SIGTERM arrives
             """
@@ -2428,7 +2441,8 @@ class SigtermTest(unittest.TestCase):
             async def job():
                 async def blocker():
                     print('ready', flush=True)
-                    time.sleep(20)  # a synchronous driver in a task the run started
+                    for _ in range(400):  # in slices: 3.14 may not see a signal that came just before a sleep
+                        time.sleep(0.05)  # a synchronous driver in a task the run started
                 await asyncio.ensure_future(blocker())
             asyncio.run(job())
             """
@@ -2450,7 +2464,8 @@ class SigtermTest(unittest.TestCase):
             with sdk.run('job'):
                 with sdk.run('part'):
                     print('ready', flush=True)
-                    time.sleep(20)
+                    for _ in range(400):  # in slices: 3.14 may not see a signal that came just before a sleep
+                        time.sleep(0.05)
             """
         )
         child = self.start(code)
@@ -2537,15 +2552,16 @@ class SigtermTest(unittest.TestCase):
     def test_own_sigterm_handler_is_left_alone(self) -> None:
         code = textwrap.dedent(
             """\
-            import signal, sys, time, orchestra_sdk
+            import os, signal, sys, time, orchestra_sdk
             def mine(signum, frame):
-                print('own handler', flush=True); sys.exit(5)
+                os.write(1, b'own handler\\n'); sys.exit(5)  # print() here could re-enter print('ready')
             signal.signal(signal.SIGTERM, mine)
             sdk = orchestra_sdk.OrchestraSDK()
             with sdk.run('job'):
                 assert signal.getsignal(signal.SIGTERM) is mine
                 print('ready', flush=True)
-                time.sleep(30)
+                for _ in range(400):  # in slices: 3.14 may not see a signal that came just before a sleep
+                    time.sleep(0.05)
             """
         )
         child = self.start(code)
@@ -2663,7 +2679,7 @@ class CLITest(unittest.TestCase):
     def setUp(self) -> None:
         self.server = Recorder()
         self.addCleanup(self.server.close)
-        self.env = orchestra_env(self.server.url)
+        self.env = orchestra_env(self.server.url, PYTHON_COLORS="0")  # 3.14's argparse colours help under FORCE_COLOR
 
     def cli(
         self, *args: str, stdin: Optional[bytes] = None, env: Optional[Dict[str, str]] = None
@@ -2793,7 +2809,9 @@ class CLITest(unittest.TestCase):
             """
         )
         argv = [sys.executable, MODULE_FILE, "run", "--name", "job", "--", sys.executable, "-c", code]
-        pid, master = pty.fork()  # the child gets a new session with the pty as its terminal
+        with warnings.catch_warnings():  # 3.15 warns of forkpty() with threads; the child only execs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid, master = pty.fork()  # the child gets a new session with the pty as its terminal
         if pid == 0:  # pragma: no cover - the child process
             os.execve(sys.executable, argv, self.env)
         self.addCleanup(os.close, master)
@@ -3092,7 +3110,12 @@ class CLITest(unittest.TestCase):
         self.assertNotIn(API_KEY, err)
 
     def test_listen_prints_its_url_then_each_event(self) -> None:
-        listener, first = spawn(self, [sys.executable, "-u", MODULE_FILE, "listen"], self.env)
+        # A suite started in the background (cmd &) ignores SIGINT, and so would the listener.
+        code = (
+            "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"sys.argv = [{MODULE_FILE!r}, 'listen']; runpy.run_path({MODULE_FILE!r}, run_name='__main__')"
+        )
+        listener, first = spawn(self, [sys.executable, "-u", "-c", code], self.env)
         assert listener.stdout is not None
         self.assertTrue(first.startswith("Listening on http://127.0.0.1:"), first)
         url = first.split()[2]
