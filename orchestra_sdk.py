@@ -58,11 +58,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import (
         Any,
         Callable,
+        Coroutine,
         Dict,
         FrozenSet,
         List,
+        Literal,
         Mapping,
         Optional,
+        Protocol,
         Sequence,
         Set,
         TextIO,
@@ -72,24 +75,10 @@ if TYPE_CHECKING:  # pragma: no cover
         overload,
     )
 
-    if sys.version_info >= (3, 10):
-        from typing import Coroutine, Literal, ParamSpec, Protocol
-
-        P = ParamSpec("P")
     F = TypeVar("F", bound=Callable[..., Any])
     R = TypeVar("R")
 
-    class _QuietRun(Protocol):
-        """What ``run(reraise=False)`` is to a type checker: a decorated function may return None."""
-
-        @overload
-        def __call__(
-            self, func: Callable[P, Coroutine[Any, Any, R]]
-        ) -> Callable[P, Coroutine[Any, Any, Optional[R]]]: ...
-
-        @overload
-        def __call__(self, func: Callable[P, R]) -> Callable[P, Optional[R]]: ...
-
+    class _QuietContext(Protocol):
         def __enter__(self) -> _Run: ...
 
         def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool: ...
@@ -97,6 +86,33 @@ if TYPE_CHECKING:  # pragma: no cover
         async def __aenter__(self) -> _Run: ...
 
         async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool: ...
+
+    if sys.version_info >= (3, 10):
+        from typing import ParamSpec
+
+        P = ParamSpec("P")
+
+        class _QuietRun(_QuietContext, Protocol):
+            """What ``run(reraise=False)`` is to a type checker: the function may return None."""
+
+            @overload
+            def __call__(
+                self, func: Callable[P, Coroutine[Any, Any, R]]
+            ) -> Callable[P, Coroutine[Any, Any, Optional[R]]]: ...
+
+            @overload
+            def __call__(self, func: Callable[P, R]) -> Callable[P, Optional[R]]: ...
+
+    else:  # no ParamSpec before 3.10: the arguments are not checked, the result still is
+
+        class _QuietRun(_QuietContext, Protocol):
+            @overload
+            def __call__(
+                self, func: Callable[..., Coroutine[Any, Any, R]]
+            ) -> Callable[..., Coroutine[Any, Any, Optional[R]]]: ...
+
+            @overload
+            def __call__(self, func: Callable[..., R]) -> Callable[..., Optional[R]]: ...
 
 
 __version__ = "1.1.0.dev0"
