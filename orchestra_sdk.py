@@ -781,7 +781,7 @@ def _describe_error(exc: Any, timeout: float) -> str:
     import socket
 
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return f"no answer within {timeout:g} s"
+        return f"no answer within {timeout:.3g} s"
     if not isinstance(exc, BaseException):
         return str(exc)
     text, kind = _safe_str(exc), type(exc).__name__
@@ -996,6 +996,23 @@ def _connect(address: Tuple[str, int], timeout: Optional[float], source_address:
     raise error or socket.timeout(f"could not connect to {host} within {timeout:g} s")
 
 
+def _time_left(ends_at: float, budget: Optional[_Budget]) -> float:
+    """Seconds left for an attempt: its own end, or the update's budget when that comes first."""
+    if budget is not None:
+        ends_at = min(ends_at, budget.ends_at)
+    return max(0.001, ends_at - time.monotonic())
+
+
+def _answered_early(conn: Any) -> bool:
+    """Whether the server has already sent something (an answer before the whole request)."""
+    import select
+
+    try:
+        return bool(select.select([conn.sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
+
+
 def _is_ip_literal(host: str) -> bool:
     import ipaddress
 
@@ -1061,6 +1078,8 @@ def _response_class() -> Any:
                     return
                 self.headers = self.msg = None  # type: ignore[assignment]
                 super().begin()
+            if 100 <= self.status < 200 and self.status != 101:
+                raise http.client.HTTPException("more than 20 interim (1xx) answers and no final one")
 
         def close(self) -> None:
             complete = self.fp is None  # the body was read to its end
@@ -1153,10 +1172,18 @@ class _Transport:
             if conn is None:
                 conn = self._new_connection(req, https, tunnel_headers)
             conn.response_class = functools.partial(_response_class(), ends_at=ends_at, budget=budget)
-            conn.timeout = req.timeout
+            time_left = _time_left(ends_at, budget)
+            conn.timeout = time_left  # the connection, TLS handshake included, gets what is left
             try:
                 try:
+                    if conn.sock is None:
+                        conn.connect()
+                    conn.sock.settimeout(_time_left(ends_at, budget))  # and the request, body and all
                     conn.request(req.get_method(), req.selector, req.data, headers)
+                except (BrokenPipeError, ConnectionResetError) as err:
+                    if conn.sock is None or not _answered_early(conn):
+                        raise urllib.error.URLError(err) from err
+                    # The server answered (a 401, say) without reading the whole body: read that.
                 except OSError as err:
                     raise urllib.error.URLError(err) from err
                 response = conn.getresponse()
@@ -1196,17 +1223,19 @@ class _Transport:
         """An idle connection for `key` that is still good, or (None, False)."""
         import select
 
+        if self._pid != os.getpid():
+            # A forked child: the parent's connections are not ours, nor its lock, which another
+            # thread may have held at the fork. (Closing here closes only the child's copies.)
+            self._lock, self._pid, inherited, self._idle = threading.Lock(), os.getpid(), self._idle, []
+            for entry in inherited:
+                entry[1].close()
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
-                self._pid, stale = os.getpid(), self._idle
-                self._idle = []
-            else:
-                now = time.monotonic()
-                stale = [entry for entry in self._idle if entry[0] != key or now - entry[2] >= KEEP_ALIVE_IDLE]
-                self._idle = [entry for entry in self._idle if entry not in stale]
+            now = time.monotonic()
+            stale = [entry for entry in self._idle if entry[0] != key or now - entry[2] >= KEEP_ALIVE_IDLE]
+            self._idle = [entry for entry in self._idle if entry not in stale]
             found = self._idle.pop()[1] if self._idle else None  # the most recently used
         for entry in stale:
-            entry[1].close()  # in a forked child this closes only the child's copy of the socket
+            entry[1].close()
         if found is None:
             return None, False
         try:  # readable while idle: the server closed it (or sent junk); do not reuse
@@ -1391,6 +1420,7 @@ class OrchestraSDK:
         self._apply_config(_read_config(os.environ))
         self._transport = _Transport()
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._in_flight: Set[_Budget] = set()  # the budgets of the events being sent now
         self._hurried = False  # a SIGTERM or Ctrl-C arrived: what is left to send gets HURRY_SECONDS
         self._outermost_runs: List[_ActiveRun] = []  # active, in any thread
@@ -1612,6 +1642,8 @@ class OrchestraSDK:
             # The webhook could not be reached lately: one attempt, until one gets through.
             policy = dataclasses.replace(policy, retries=0, deadline=min(policy.deadline, policy.timeout))
         budget = _Budget(policy.deadline)
+        if self._pid != os.getpid():  # a forked child: another thread may have held the lock at the fork
+            self._lock, self._pid, self._in_flight = threading.Lock(), os.getpid(), set()
         with self._lock:
             self._in_flight.add(budget)
             if self._hurried:
@@ -1961,9 +1993,8 @@ async def _in_thread(func: Callable[..., None], *args: Any) -> None:
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
-    # Not a daemon: if the loop is torn down meanwhile (a second Ctrl-C on Python 3.8 and 3.9),
-    # the interpreter still waits for the report, which its deadline bounds, before it exits.
-    threading.Thread(target=work, name="orchestra-sdk-report").start()
+    thread = threading.Thread(target=work, name="orchestra-sdk-report", daemon=True)
+    _ReportThreads.start(thread)
     cancelled: Optional[BaseException] = None
     while not done.done():
         try:
@@ -1974,9 +2005,37 @@ async def _in_thread(func: Callable[..., None], *args: Any) -> None:
             cancelled = exc  # finish the report first
         if not done.done() and finished.is_set():
             settle(errors[0])
+    thread.join(1.0)  # it has only to return: no thread of ours is left (a fork right after would warn)
     if cancelled is not None and done.exception() is None:
         raise cancelled
     done.result()
+
+
+class _ReportThreads:
+    """Report threads still running when the interpreter exits are waited for, each bounded by
+    its retry deadline: if the event loop is torn down meanwhile (a second Ctrl-C on Python 3.8
+    to 3.10), the final status still goes out. Daemon threads joined at exit rather than
+    non-daemon ones, which a process forked while one runs could wait for forever."""
+
+    _lock = threading.Lock()
+    _running: Set[threading.Thread] = set()
+    _registered = False
+
+    @classmethod
+    def start(cls, thread: threading.Thread) -> None:
+        with cls._lock:
+            if not cls._registered:
+                import atexit
+
+                atexit.register(cls.join_all)
+                cls._registered = True
+            cls._running = {t for t in cls._running if t.is_alive()} | {thread}
+        thread.start()
+
+    @classmethod
+    def join_all(cls) -> None:
+        for thread in list(cls._running):
+            thread.join(RetryPolicy().deadline + HURRY_SECONDS)
 
 
 class _SigintHeld:
@@ -2413,6 +2472,9 @@ def _cli_error(text: str) -> None:
     print(f"{_CLI}: error: {text}", file=sys.stderr)
 
 
+_RECEIVER_MAX_BODY = 64 * 1024 * 1024
+
+
 class _Receiver:
     """A local stand-in for Orchestra's webhook: accepts events and hands each to a callback."""
 
@@ -2421,11 +2483,14 @@ class _Receiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
+                text = (self.headers.get("Content-Length") or "0").strip()
+                if not (text.isascii() and text.isdigit()) or int(text) > _RECEIVER_MAX_BODY:
+                    self._answer(400, {"success": False, "error": "a Content-Length of 0 to 64 MiB is needed"})
+                    return
+                body = self.rfile.read(int(text))
                 try:
                     event = json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):
                     self._answer(400, {"success": False, "error": "body is not JSON"})
                     return
                 try:
@@ -2450,7 +2515,12 @@ class _Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                error = sys.exc_info()[1]  # one line, never a traceback: a client misbehaved
+                print(f"{_CLI}: listen: request from {client_address[0]}: {_describe_error(error, 0)}", file=sys.stderr)
+
+        self.server = Server((host, port), Handler)
         self.server.daemon_threads = True
         bound_host, bound_port = str(self.server.server_address[0]), int(self.server.server_address[1])
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -961,6 +961,47 @@ class DeadlineTest(SDKTestCase):
             orchestra_sdk._connect(("orchestra.invalid", 443), 0.3)
         self.assertLess(time.monotonic() - started, 2.0)
 
+    def raw_server(self, serve: Callable[[socket.socket], None]) -> str:
+        """A one-connection-at-a-time server on loopback whose behaviour is `serve(connection)`."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(WAIT)
+        self.addCleanup(listener.close)
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = listener.accept()
+                    with connection:
+                        serve(connection)
+
+        threading.Thread(target=accept, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
+    def test_an_answer_before_the_body_is_read_is_the_answer(self) -> None:
+        def answer_at_once(connection: socket.socket) -> None:
+            connection.recv(4096)  # the headers only: not the 8 MB that follow
+            body = b'{"success": false, "error": "Invalid API key"}'
+            connection.sendall(b"HTTP/1.1 401 X\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(answer_at_once)
+        self.assertFalse(self.sdk().update_task(message="m" * 8_000_000))
+        (error,) = self.log_lines("ERROR")
+        self.assertIn("HTTP 401: Invalid API key (not retried). Orchestra refused the API key", error)
+
+    def test_a_server_that_never_reads_cannot_stretch_a_large_update(self) -> None:
+        def never_read(connection: socket.socket) -> None:
+            self.server.stopping.wait(WAIT)
+
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(never_read)
+        self.expect_failure(timeout=1.0, deadline=1.0, retries=0)
+
+    def test_a_flood_of_interim_answers_is_a_failed_attempt_and_retried(self) -> None:
+        self.server.then(raw(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 25))
+        self.assertTrue(self.sdk().update_task(message="x"))
+        self.assertEqual(len(self.server.requests), 2)
+
     def expect_failure(self, **policy: float) -> float:
         sdk = self.sdk(**policy)
         started = time.monotonic()
@@ -1051,6 +1092,33 @@ class KeepAliveTest(SDKTestCase):
         self.assertEqual(results.count(True), 400)
         self.assertLessEqual(self.server.connections, 8)
         self.assertEqual(len(self.server.requests), 400)
+
+    @unittest.skipUnless(hasattr(os, "fork"), "os.fork")
+    def test_a_child_forked_while_another_thread_holds_the_pool_sends_all_the_same(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import os, threading, warnings, orchestra_sdk
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with a thread: on purpose here
+            sdk = orchestra_sdk.OrchestraSDK(timeout=2, deadline=3)
+            assert sdk.update_task(message="parent")
+            held, release = threading.Event(), threading.Event()
+            def hold():
+                with sdk._transport._lock:
+                    held.set()
+                    release.wait(5)
+            threading.Thread(target=hold).start()
+            held.wait(5)
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if sdk.update_task(message="child") else 1)
+            release.set()
+            _, status = os.waitpid(pid, 0)
+            print(status >> 8)
+            """
+        )
+        result = run_python(code, env=orchestra_env(self.server.url))
+        self.assertEqual(result.stdout, "0\n", result.stderr)
+        self.assertEqual([e["message"] for e in self.server.events], ["parent", "child"])
 
     @unittest.skipUnless(hasattr(os, "fork"), "os.fork")
     def test_a_forked_child_never_uses_the_parents_connection(self) -> None:
@@ -2477,6 +2545,10 @@ class SigtermTest(unittest.TestCase):
         )
 
     @unittest.skipUnless(hasattr(os, "fork"), "os.fork")
+    @unittest.skipIf(
+        sys.version_info >= (3, 14),
+        "asyncio 3.14+ cannot unwind a child forked inside a task: it hangs without the SDK too",
+    )
     def test_a_child_forked_inside_a_coroutine_run_exits_as_it_says_and_the_parent_reports(self) -> None:
         code = textwrap.dedent(
             """\
@@ -2971,6 +3043,23 @@ class CLITest(unittest.TestCase):
         self.assertEqual(allowed.returncode, 0, allowed.stderr)
         self.assertIn(b"the API key goes in clear text to http://127.1:", allowed.stderr)
         self.assertEqual(len(self.server.requests), 1)
+
+    def test_listen_answers_a_malformed_request_without_a_traceback(self) -> None:
+        listener, first = spawn(self, [sys.executable, MODULE_FILE, "listen"], self.env)
+        port = int(first.split()[2].rstrip("/").rpartition(":")[2])
+        for request in (
+            b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 200000\r\n\r\n" + b"[" * 200000,
+        ):
+            with socket.create_connection(("127.0.0.1", port), WAIT) as sock:
+                sock.settimeout(WAIT)
+                sock.sendall(request)
+                self.assertTrue(sock.recv(64).startswith(b"HTTP/1.1 400"))
+        listener.terminate()
+        listener.wait(WAIT)
+        assert listener.stderr is not None
+        self.assertNotIn("Traceback", listener.stderr.read())
 
     def test_listen_on_every_interface_says_which_url_a_container_can_use(self) -> None:
         child, first = spawn(self, [sys.executable, MODULE_FILE, "listen", "--host", "0.0.0.0"], self.env)
