@@ -2020,6 +2020,7 @@ class _ReportThreads:
     _lock = threading.Lock()
     _running: Set[threading.Thread] = set()
     _registered = False
+    _pid = os.getpid()
 
     @classmethod
     def start(cls, thread: threading.Thread) -> None:
@@ -2034,6 +2035,8 @@ class _ReportThreads:
 
     @classmethod
     def join_all(cls) -> None:
+        if os.getpid() != cls._pid:
+            return  # a forked child: those threads were the parent's
         for thread in list(cls._running):
             thread.join(RetryPolicy().deadline + HURRY_SECONDS)
 
