@@ -2030,6 +2030,8 @@ class _ReportThreads:
 
                 atexit.register(cls.join_all)
                 cls._registered = True
+            if cls._pid != os.getpid():  # a forked child starting reports of its own
+                cls._pid, cls._running = os.getpid(), set()
             cls._running = {t for t in cls._running if t.is_alive()} | {thread}
         thread.start()
 
