@@ -208,13 +208,14 @@ TRANSPORT_WARM = """
 import json, os, time
 import orchestra_sdk
 url = os.environ["ORCHESTRA_WEBHOOK_URL"]
-body = json.dumps({body!r}).encode()
-opener = orchestra_sdk._build_opener(url)
+fields = {body!r}
+event = orchestra_sdk._status_event(orchestra_sdk.TaskRunStatus(fields["status"]), fields["message"])
+transport = orchestra_sdk._Transport()
 policy = orchestra_sdk.RetryPolicy()
 times = []
 for _ in range({n}):
     t = time.perf_counter()
-    assert orchestra_sdk._post_event(opener, url, {key!r}, "UPDATE_STATUS", body, policy)
+    assert transport.post(url, {key!r}, event, fields["task_run_id"], policy).delivered
     times.append(time.perf_counter() - t)
 print(json.dumps(times))
 """
