@@ -2289,7 +2289,9 @@ class _Router:
 
     @classmethod
     def consoles(cls) -> List[Any]:
-        return [stream for _, original, tee in cls._installed for stream in (original, tee)]
+        """The streams whose writes are kept as written: our tees (a handler made before the run
+        holds the original stream, which they never see)."""
+        return [tee for _, _, tee in cls._installed]
 
 
 def _record_factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
@@ -2311,8 +2313,8 @@ def _record_factory(previous: Callable[..., logging.LogRecord]) -> Callable[...,
 
 
 def _shown_on_console(record: logging.LogRecord) -> bool:
-    """Whether the program's own handlers (or Python's last resort) will write `record` to the
-    captured stdout or stderr, where it is kept as shown; looked up as Logger.callHandlers does."""
+    """Whether the program's own handlers (or Python's last resort) will write `record` through
+    the captured stdout or stderr, where it is kept as shown; looked up as Logger.callHandlers does."""
     consoles = _Router.consoles()
     node: Optional[logging.Logger] = logging.getLogger(record.name) if record.name != "root" else logging.getLogger()
     any_handler = False

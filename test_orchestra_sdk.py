@@ -1999,6 +1999,20 @@ class LogTest(SDKTestCase):
         self.assertEqual(plain, ("INFO:app:informative\nWARNING:root:careful\nprinted\n", ""))
         self.assertEqual(self.log_events()[0]["data"], plain[0])
 
+    def test_a_record_shown_by_a_handler_made_before_the_run_is_kept(self) -> None:
+        code = textwrap.dedent(
+            f"""\
+            import logging, orchestra_sdk
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+            sdk = orchestra_sdk.OrchestraSDK(log_file={os.path.join(self.folder, "absent.log")!r}, send_logs=True)
+            with sdk.run("job"):
+                logging.getLogger("app").info("loaded 42 orders")
+            """
+        )
+        result = run_python(code, env=orchestra_env(self.server.url))
+        self.assertEqual(result.stderr, "INFO app: loaded 42 orders\n")  # shown as the program said
+        self.assertRegex(self.log_events()[0]["data"], r"^[0-9-]+ [0-9:,]+ INFO app: loaded 42 orders\n$")
+
     def test_a_record_the_program_filtered_out_is_not_shown(self) -> None:
         captured, plain = self.shown_with_and_without_capture(
             """\
