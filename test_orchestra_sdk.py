@@ -1709,15 +1709,11 @@ class AsyncRunTest(SDKTestCase):
         self.assertEqual(steps[0], (None, "step started."))
         self.assertEqual(steps[-1], (None, "step succeeded."))
 
-    def test_cancelled_task_is_reported_cancelled(self) -> None:
-        sdk = self.sdk()
-
-        @sdk.run()
-        async def slow() -> None:
-            await asyncio.sleep(WAIT)
+    def cancel_once_reporting_began(self, job: Callable[[], Any]) -> None:
+        """Run `job()` as a task and cancel it once the first request has reached the server."""
 
         async def main() -> None:
-            task = asyncio.ensure_future(slow())
+            task = asyncio.ensure_future(job())
             while len(self.server.requests) < 1:
                 await asyncio.sleep(0.01)
             task.cancel()
@@ -1725,6 +1721,15 @@ class AsyncRunTest(SDKTestCase):
                 await task
 
         asyncio.run(asyncio.wait_for(main(), WAIT))
+
+    def test_cancelled_task_is_reported_cancelled(self) -> None:
+        sdk = self.sdk()
+
+        @sdk.run()
+        async def slow() -> None:
+            await asyncio.sleep(WAIT)
+
+        self.cancel_once_reporting_began(slow)
         self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "slow cancelled."))
 
     def test_reports_do_not_wait_for_the_programs_threads_nor_vanish_with_a_cancel(self) -> None:
@@ -1764,15 +1769,7 @@ class AsyncRunTest(SDKTestCase):
         async def job() -> None:
             await asyncio.sleep(WAIT)
 
-        async def main() -> None:
-            task = asyncio.ensure_future(job())
-            while len(self.server.requests) < 1:
-                await asyncio.sleep(0.01)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        asyncio.run(asyncio.wait_for(main(), WAIT))
+        self.cancel_once_reporting_began(job)
         statuses = [status for status, _ in self.server.statuses()]
         self.assertEqual(statuses[-1], "CANCELLED")
         self.assertEqual(set(statuses[:-1]), {"RUNNING"})
