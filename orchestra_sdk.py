@@ -822,7 +822,8 @@ def _post_event(
     while True:
         remaining = budget.ends_at - time.monotonic()
         if remaining <= 0:  # a retry's sleep overshot: no attempt starts after the deadline
-            return _Delivery(False, result, f"{what}: the {budget.seconds:g} s deadline passed.")
+            problem = _mask(result.problem, api_key)
+            return _Delivery(False, result, f"{what}: {problem}; the {budget.seconds:g} s deadline passed.")
         attempts += 1
         timeout = min(policy.timeout, remaining)
         _log.debug("POST %s event to %s (attempt %d, timeout %.1f s)", event_type, webhook_url, attempts, timeout)
