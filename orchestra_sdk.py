@@ -1854,8 +1854,6 @@ class _ActiveRun:
 
         self.task = asyncio.current_task()
         self._enter()
-        if os.getpid() != self.pid:  # cannot happen between __init__ and here, but cheap to say
-            return self
         try:
             await _in_thread(self._report_start)
         except BaseException as exc:

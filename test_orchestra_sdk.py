@@ -217,6 +217,12 @@ class Recorder:
     def events(self) -> List[Any]:
         return [r.json for r in self.requests]
 
+    def wait_for_requests(self, count: int) -> None:
+        """Wait (at most WAIT) until `count` requests have arrived."""
+        deadline = time.monotonic() + WAIT
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def statuses(self) -> List[Tuple[Optional[str], Optional[str]]]:
         """(status, message) of each event received, None where a key was left out."""
         return [(e.get("status"), e.get("message")) for e in self.events]
@@ -2454,9 +2460,7 @@ class SigtermTest(unittest.TestCase):
             """
         )
         child = self.start(code)
-        deadline = time.monotonic() + WAIT
-        while len(self.server.requests) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.server.wait_for_requests(2)
         child.send_signal(signal.SIGTERM)  # while the SUCCEEDED request waits for its answer
         self.assertEqual(child.wait(WAIT), 143)
         kinds = [(e["event_type"], e.get("status")) for e in self.server.events]
@@ -2476,9 +2480,7 @@ class SigtermTest(unittest.TestCase):
             """
         )
         child = self.start(code)
-        deadline = time.monotonic() + WAIT
-        while len(self.server.requests) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.server.wait_for_requests(2)
         signalled = time.monotonic()
         child.send_signal(signal.SIGTERM)
         self.assertEqual(child.wait(WAIT), 143)
@@ -2592,9 +2594,7 @@ class SigtermTest(unittest.TestCase):
             """
         )
         child = self.start(code)
-        deadline = time.monotonic() + WAIT
-        while len(self.server.requests) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.server.wait_for_requests(2)
         child.send_signal(signal.SIGINT)
         self.assertEqual(child.wait(WAIT), -signal.SIGINT)  # then KeyboardInterrupt, as without the SDK
         self.assertEqual(self.server.statuses()[-1], ("SUCCEEDED", "job succeeded."))
@@ -3144,9 +3144,7 @@ class CLITest(unittest.TestCase):
             stderr=subprocess.PIPE,
         )
         self.addCleanup(kill_if_running, child)
-        deadline = time.monotonic() + WAIT
-        while not self.server.requests and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.server.wait_for_requests(1)
         child.send_signal(signal.SIGTERM)
         self.assertEqual(child.wait(WAIT), 143)
         self.assertFalse(os.path.exists(marker))
