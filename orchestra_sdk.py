@@ -907,24 +907,29 @@ class _TrustStore:
     directory, where ``SSL_CERT_FILE`` names a file, and once the lazy lookup failed to verify."""
 
     def __init__(self, capath: Optional[str] = None, full: Optional[Callable[[], Any]] = None) -> None:
-        import ssl
-
-        self._full_factory = full or ssl.create_default_context
-        self._lazy_capath = capath if capath is not None else _hashed_ca_directory()
+        self._full_factory = full  # None: ssl.create_default_context
+        self._lazy_capath = capath  # None: the hashed directory, found when first needed
         self._context: Any = None
         self.lazy = False
         self._lock = threading.Lock()
 
     def context(self) -> Any:
+        """The context to connect with; made (``ssl`` imported) on first use, in any thread."""
         with self._lock:
             if self._context is None:
-                if self._lazy_capath:
+                capath = self._lazy_capath if self._lazy_capath is not None else _hashed_ca_directory()
+                if capath:
                     import ssl
 
-                    self._context, self.lazy = ssl.create_default_context(capath=self._lazy_capath), True
+                    self._context, self.lazy = ssl.create_default_context(capath=capath), True
                 else:
-                    self._context = self._full_factory()
+                    self._context = self._full()
             return self._context
+
+    def _full(self) -> Any:
+        import ssl
+
+        return (self._full_factory or ssl.create_default_context)()
 
     def fall_back(self, failed: Any) -> bool:
         """After `failed` (a lazy context) could not verify: use the full store. False when there
@@ -932,7 +937,7 @@ class _TrustStore:
         with self._lock:
             if not self.lazy or failed is not self._context:
                 return failed is not self._context  # another thread already switched: try again
-            self._context, self.lazy = self._full_factory(), False
+            self._context, self.lazy = self._full(), False
             return True
 
 
@@ -954,6 +959,17 @@ def _hashed_ca_directory() -> Optional[str]:
     return None
 
 
+def _start_thread(target: Callable[[], None], name: str) -> Optional[threading.Thread]:
+    """A daemon thread running `target`, or None where Python allows no new thread (Python 3.12
+    while the interpreter shuts down: an update sent from an atexit handler must still go)."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:
+        return None
+    return thread
+
+
 def _connect(address: Tuple[str, int], timeout: Optional[float], source_address: Any = None) -> Any:
     """socket.create_connection, with the DNS look-up bounded too (getaddrinfo ignores socket
     timeouts and can hang for minutes): it runs in a thread that is given up on at `timeout`."""
@@ -962,6 +978,10 @@ def _connect(address: Tuple[str, int], timeout: Optional[float], source_address:
     host, port = address
     if _is_ip_literal(host) or timeout is None:
         return socket.create_connection(address, timeout, source_address)
+    try:
+        host.encode("idna")  # getaddrinfo's codec, loaded here: a thread of ours never imports (fork)
+    except UnicodeError:
+        pass  # getaddrinfo says so
     found: List[Any] = []
 
     def resolve() -> None:
@@ -971,9 +991,11 @@ def _connect(address: Tuple[str, int], timeout: Optional[float], source_address:
             found.append(exc)
 
     started = time.monotonic()
-    lookup = threading.Thread(target=resolve, name="orchestra-sdk-dns", daemon=True)
-    lookup.start()
-    lookup.join(timeout)
+    lookup = _start_thread(resolve, "orchestra-sdk-dns")
+    if lookup is None:
+        resolve()  # no new thread at interpreter shutdown (3.12): an unbounded look-up beats none
+    else:
+        lookup.join(timeout)
     if not found:
         raise socket.timeout(f"DNS look-up of {host} gave no answer within {timeout:g} s")
     if isinstance(found[0], BaseException):
@@ -995,6 +1017,129 @@ def _connect(address: Tuple[str, int], timeout: Optional[float], source_address:
             error = exc
             sock.close()
     raise error or socket.timeout(f"could not connect to {host} within {timeout:g} s")
+
+
+class _HeadStart:
+    """The first connection to the webhook, opened in a thread while ``urllib.request`` loads:
+    on a cold start the TCP and TLS handshakes overlap those imports (about 15 ms) instead of
+    following them. Handed to the first new connection for the same target in this process;
+    what stopped it is that connection's error, as if it had connected itself.
+
+    The thread imports nothing: a fork while it held a module's import lock would leave the
+    child stuck on that import. What it needs (``socket``, ``ssl``, the IDNA codec, a TLS
+    context) is loaded by the caller first; on one core that costs no time, it is work that
+    would have to come first anyway."""
+
+    def __init__(self, https: bool, host: str, port: int, context: Any, timeout: float) -> None:
+        self.target = (https, host, port)
+        self.pid = os.getpid()
+        self._context = context  # None for plain http
+        self._timeout = timeout  # the first attempt's, for the connect and the handshake
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._result: Any = None  # the connected socket, or the exception that stopped it
+        self._unwanted = False
+
+    @classmethod
+    def prepare(cls, https: bool, host: str, port: int, trust: Optional[_TrustStore], timeout: float) -> _HeadStart:
+        """Load what the thread will use, in this thread (see the class docstring)."""
+        import socket  # noqa: F401
+
+        _is_ip_literal(host)  # loads ipaddress
+        host.encode("idna")  # loads the codec that getaddrinfo and the TLS server name use
+        return cls(https, host, port, trust.context() if https and trust is not None else None, timeout)
+
+    def start(self) -> bool:
+        if _start_thread(self._open, "orchestra-sdk-connect") is None:
+            self._done.set()  # no thread: whoever takes it connects as usual
+            return False
+        return True
+
+    def _open(self) -> None:
+        import socket
+
+        result: Any
+        try:
+            _, host, port = self.target
+            context = self._context
+            sock = _connect((host, port), self._timeout)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client does
+            except OSError:
+                pass
+            if context is not None:
+                try:
+                    sock = context.wrap_socket(sock, server_hostname=host)
+                except BaseException:
+                    sock.close()
+                    raise
+            result = sock
+        except BaseException as exc:
+            result = exc
+        with self._lock:
+            self._result, unwanted = result, self._unwanted
+        self._done.set()
+        if unwanted and not isinstance(result, BaseException):
+            result.close()
+
+    def take(self, time_left: Callable[[], float]) -> Any:
+        """The connected socket (None: there is none, connect as usual); raises what stopped
+        it, or a timeout when `time_left` runs out first."""
+        import socket
+
+        try:
+            while not self._done.wait(max(0.0, min(time_left(), _READ_SLICE))):
+                if time_left() <= 0:
+                    raise socket.timeout("timed out")
+        except BaseException:  # a timeout, or a signal handler's exception (Ctrl-C)
+            self.discard()
+            raise
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+    def discard(self) -> None:
+        """Not wanted after all: its connection is closed now, or as soon as it is made."""
+        if self.pid != os.getpid():  # a forked child: the thread is not here, its lock may be held
+            result = self._result if self._done.is_set() else None
+        else:
+            with self._lock:
+                self._unwanted, result = True, self._result
+        if result is not None and not isinstance(result, BaseException):
+            result.close()
+
+
+def _host_and_port(url: str) -> Optional[Tuple[bool, str, int]]:
+    """(https, host, port) the way urllib and http.client read them from the webhook URL, or
+    None when that is not plain (a head start is only an optimisation: when unsure, none)."""
+    scheme, _, rest = url.partition("://")
+    netloc = rest
+    for separator in "/?#":
+        netloc = netloc.partition(separator)[0]
+    https = scheme.lower() == "https"
+    if "@" in netloc or "%" in netloc or not netloc:
+        return None
+    host, port = netloc, 443 if https else 80
+    colon = netloc.rfind(":")
+    if colon > netloc.rfind("]"):
+        host, digits = netloc[:colon], netloc[colon + 1 :]
+        if digits:
+            if not (digits.isascii() and digits.isdigit()):
+                return None
+            port = int(digits)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (https, host, port) if host else None
+
+
+def _goes_direct(host: str) -> bool:
+    """Whether urllib will connect straight to `host`, with no proxy: only then can the first
+    connection be opened before ``urllib.request`` is loaded to say so."""
+    if _is_loopback(host):
+        return True  # the opener ignores proxies for loopback
+    if sys.platform in ("darwin", "win32"):
+        return False  # urllib reads the system's proxy settings there
+    return not any(value and name.lower().endswith("_proxy") for name, value in os.environ.items())
 
 
 def _time_left(ends_at: float, budget: Optional[_Budget]) -> float:
@@ -1105,9 +1250,12 @@ class _Transport:
     seconds idle, never across a fork, never by two threads at once) and read within the
     attempt's time. Proxies (HTTPS_PROXY, NO_PROXY) and the no-redirect rule are urllib's."""
 
+    head_start: Optional[bool] = None  # connect while urllib.request loads; None: when it is not loaded yet
+
     def __init__(self, trust: Optional[_TrustStore] = None) -> None:
         self._opener: Optional[Tuple[str, Any]] = None
         self._trust = trust
+        self._head: Optional[_HeadStart] = None
         self._idle: List[Tuple[Any, Any, float]] = []  # (key, connection, idle since)
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -1125,9 +1273,31 @@ class _Transport:
     ) -> _Delivery:
         opener = self._opener
         if opener is None or opener[0] != webhook_url:
+            if opener is None:
+                left = budget.ends_at - time.monotonic() if budget else policy.deadline
+                self._start_head_start(webhook_url, max(0.001, min(policy.timeout, left)))
             opener = self._opener = (webhook_url, self._build_opener(webhook_url))
         body = event.body(task_run_id)
         return _post_event(opener[1], webhook_url, api_key, event.type.value, body, policy, method, budget)
+
+    def _start_head_start(self, webhook_url: str, timeout: float) -> None:
+        wanted = self.head_start if self.head_start is not None else "urllib.request" not in sys.modules
+        target = _host_and_port(webhook_url) if wanted else None
+        if target is None or self._pid != os.getpid() or not _goes_direct(target[1]):
+            return  # (a forked child: the pool's lock is reset first, by _checkout)
+        https, host, port = target
+        if https and self._trust is None:
+            self._trust = _TrustStore()
+        try:
+            head = _HeadStart.prepare(https, host, port, self._trust, timeout)
+        except Exception:  # an unusable host or trust store: the attempt will say so
+            return
+        with self._lock:
+            if self._head is not None or self._opener is not None:
+                return  # another thread's first update got here first
+            self._head = head
+        if head.start():
+            _log.debug("connecting to %s while urllib.request loads", _redact_url(webhook_url))
 
     def _build_opener(self, webhook_url: str) -> Any:
         """An opener that follows no redirect, raises for no status, and skips proxies for loopback."""
@@ -1178,7 +1348,7 @@ class _Transport:
             try:
                 try:
                     if conn.sock is None:
-                        conn.connect()
+                        self._connect_new(conn, https, ends_at, budget)
                     conn.sock.settimeout(_time_left(ends_at, budget))  # and the request, body and all
                     conn.request(req.get_method(), req.selector, req.data, headers)
                 except (BrokenPipeError, ConnectionResetError) as err:
@@ -1202,6 +1372,22 @@ class _Transport:
             response.msg = response.reason  # what urllib's own handlers leave there
             return response
         raise urllib.error.URLError("the connection was closed before an answer, three times")
+
+    def _connect_new(self, conn: Any, https: bool, ends_at: float, budget: Optional[_Budget]) -> None:
+        """Connect `conn`, with the head start's connection when it was opened for this target."""
+        with self._lock:
+            head, self._head = self._head, None
+        sock = None
+        if head is not None:
+            if head.pid == os.getpid() and not conn._tunnel_host and head.target == (https, conn.host, conn.port):
+                sock = head.take(lambda: min(ends_at, budget.ends_at if budget else ends_at) - time.monotonic())
+            else:
+                head.discard()
+        if sock is None:
+            conn.connect()
+        else:
+            sys.audit("http.client.connect", conn, conn.host, conn.port)  # what conn.connect() reports
+            conn.sock = sock
 
     def _new_connection(self, req: Any, https: bool, tunnel_headers: Dict[str, str]) -> Any:
         import http.client
@@ -1230,6 +1416,9 @@ class _Transport:
             self._lock, self._pid, inherited, self._idle = threading.Lock(), os.getpid(), self._idle, []
             for entry in inherited:
                 entry[1].close()
+            head, self._head = self._head, None
+            if head is not None:
+                head.discard()
         with self._lock:
             now = time.monotonic()
             stale = [entry for entry in self._idle if entry[0] != key or now - entry[2] >= KEEP_ALIVE_IDLE]
@@ -1263,8 +1452,11 @@ class _Transport:
         """Close the idle connections (they are also closed when the client is collected)."""
         with self._lock:
             idle, self._idle = self._idle, []
+            head, self._head = self._head, None
         for entry in idle:
             entry[1].close()
+        if head is not None:
+            head.discard()
 
     def __del__(self) -> None:
         try:

@@ -328,6 +328,24 @@ class SDKTestCase(unittest.TestCase):
         options.update(kwargs)
         return OrchestraSDK(**options)
 
+    def raw_server(self, serve: Callable[[socket.socket], None]) -> str:
+        """A one-connection-at-a-time server on loopback whose behaviour is `serve(connection)`."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(WAIT)
+        self.addCleanup(listener.close)
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = listener.accept()
+                    with connection:
+                        serve(connection)
+
+        threading.Thread(target=accept, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
     def log_lines(self, level: str) -> List[str]:
         return [line for line in self.log.lines if line.startswith(level + ":")]
 
@@ -967,24 +985,6 @@ class DeadlineTest(SDKTestCase):
             orchestra_sdk._connect(("orchestra.invalid", 443), 0.3)
         self.assertLess(time.monotonic() - started, 2.0)
 
-    def raw_server(self, serve: Callable[[socket.socket], None]) -> str:
-        """A one-connection-at-a-time server on loopback whose behaviour is `serve(connection)`."""
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        listener.settimeout(WAIT)
-        self.addCleanup(listener.close)
-
-        def accept() -> None:
-            with contextlib.suppress(OSError):
-                while True:
-                    connection, _ = listener.accept()
-                    with connection:
-                        serve(connection)
-
-        threading.Thread(target=accept, daemon=True).start()
-        return f"http://127.0.0.1:{listener.getsockname()[1]}/"
-
     def test_an_answer_before_the_body_is_read_is_the_answer(self) -> None:
         def answer_at_once(connection: socket.socket) -> None:
             connection.recv(4096)  # the headers only: not the 8 MB that follow
@@ -1156,6 +1156,159 @@ class KeepAliveTest(SDKTestCase):
             self.assertTrue(self.sdk().update_task(message="x"))
         self.assertNotIn(API_KEY, printed.getvalue())
         self.assertEqual(printed.getvalue(), "")
+
+
+class HeadStartTest(SDKTestCase):
+    """A cold process's first connection, opened in a thread while urllib.request loads."""
+
+    def sdk(self, **kwargs: Any) -> OrchestraSDK:
+        sdk = super().sdk(**kwargs)
+        sdk._transport.head_start = True  # this process loaded urllib.request long ago
+        return sdk
+
+    def test_a_fresh_process_sends_its_first_update_on_the_connection_opened_ahead(self) -> None:
+        self.server.keep_alive = True
+        code = textwrap.dedent(
+            """\
+            import logging, sys
+            logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(threadName)s: %(message)s")
+            import orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            print(sdk.update_task(message="one"), sdk.update_task(message="two"), sdk._transport.connections_opened)
+            """
+        )
+        result = run_python(code, env=orchestra_env(self.server.url))
+        lines = result.stdout.splitlines()
+        self.assertIn(f"MainThread: connecting to {self.server.url} while urllib.request loads", lines)
+        self.assertEqual(lines[-1], "True True 1", result.stderr)
+        self.server.wait_for_requests(2)
+        self.assertEqual(self.server.statuses(), [(None, "one"), (None, "two")])
+        self.assertEqual(self.server.connections, 1)  # the one opened ahead is the one used
+
+    def test_a_process_that_loaded_urllib_request_connects_as_usual(self) -> None:
+        sdk = OrchestraSDK()
+        self.assertIsNone(sdk._transport.head_start)
+        self.assertTrue(sdk.update_task(message="x"))
+        self.assertFalse(any("while urllib.request loads" in line for line in self.log.lines))
+
+    def test_a_refused_connection_reads_the_same_with_or_without_a_head_start(self) -> None:
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = f"http://127.0.0.1:{refusing_port(self)}/"
+        errors = []
+        for head_start in (False, True):
+            self.log.lines.clear()
+            sdk = self.sdk(retries=1)
+            sdk._transport.head_start = head_start
+            self.assertFalse(sdk.update_task(message="x"))
+            self.assertEqual(any("while urllib.request loads" in line for line in self.log.lines), head_start)
+            errors.append(self.log_lines("ERROR"))
+        self.assertEqual(errors[0], errors[1])
+        self.assertIn("after 2 attempts: could not connect to 127.0.0.1", errors[1][0])
+
+    def test_a_handshake_that_never_ends_is_bounded_by_the_attempt(self) -> None:
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(lambda c: self.server.stopping.wait(WAIT)).replace(
+            "http://", "https://"
+        )
+        sdk = self.sdk(timeout=0.5, deadline=1.0, retries=5, backoff=0.05)
+        started = time.monotonic()
+        self.assertFalse(sdk.update_task(message="x"))
+        self.assertLessEqual(time.monotonic() - started, 1.5)
+        (error,) = self.log_lines("ERROR")
+        self.assertRegex(error, r"could not connect to 127\.0\.0\.1:\d+: no answer within 0\.\d+ s")
+
+    def test_two_first_updates_in_two_threads_open_one_connection_ahead(self) -> None:
+        self.server.keep_alive = True
+        sdk = self.sdk()
+        results: List[bool] = []
+        threads = [threading.Thread(target=lambda: results.append(sdk.update_task(message="t"))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        self.assertEqual(results, [True, True])
+        self.assertEqual(sum("while urllib.request loads" in line for line in self.log.lines), 1)
+        self.assertLessEqual(self.server.connections, 2)
+        self.assertEqual(sdk._transport.connections_opened, self.server.connections)
+
+    def test_a_proxied_webhook_gets_no_connection_ahead(self) -> None:
+        os.environ["HTTPS_PROXY"] = os.environ["https_proxy"] = self.server.url.rsplit("/hooks", 1)[0]
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = "https://webhook.example.invalid/"
+        self.server.default = reply(403, b'{"error": "proxy says no"}')
+        self.assertFalse(self.sdk(retries=0).update_task(message="x"))
+        (request,) = self.server.requests  # the proxy got the CONNECT; nothing else left the machine
+        self.assertEqual(request.path, "webhook.example.invalid:443")
+        self.assertFalse(any("while urllib.request loads" in line for line in self.log.lines))
+
+    def test_only_a_direct_connection_is_opened_ahead(self) -> None:
+        for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+            del os.environ[name]
+        self.assertTrue(orchestra_sdk._goes_direct("webhook.getorchestra.io") or sys.platform in ("darwin", "win32"))
+        os.environ["no_proxy"] = "example.com"
+        self.assertFalse(orchestra_sdk._goes_direct("webhook.getorchestra.io"))
+        self.assertTrue(orchestra_sdk._goes_direct("127.0.0.1"))  # urllib skips proxies for loopback here
+
+    def test_the_target_is_read_as_urllib_and_http_client_read_it(self) -> None:
+        import http.client
+        import urllib.request
+
+        urls = [
+            "https://webhook.getorchestra.io/",
+            "https://Webhook.GetOrchestra.io:8443/x?y#z",
+            "https://h:/",
+            "http://127.0.0.1:9/hooks",
+            "https://[::1]:8443/",
+            "https://[::1]/",
+            "https://h?x=1",
+            "https://h#frag",
+            "HTTPS://h/",
+        ]
+        for url in urls:
+            with self.subTest(url=url):
+                https = url.lower().startswith("https")
+                kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+                conn = kind(urllib.request.Request(url).host)
+                self.assertEqual(orchestra_sdk._host_and_port(url), (https, conn.host, conn.port))
+        for url in ("https://user@h/", "https://h%41/", "https://h:12x/", "https:///x"):
+            with self.subTest(url=url):
+                self.assertIsNone(orchestra_sdk._host_and_port(url))
+
+    @unittest.skipUnless(hasattr(os, "fork"), "os.fork")
+    def test_a_child_forked_while_the_connection_is_opened_ahead_opens_its_own(self) -> None:
+        self.server.keep_alive = True
+        code = textwrap.dedent(
+            """\
+            import os, warnings, orchestra_sdk
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with a thread: on purpose here
+            sdk = orchestra_sdk.OrchestraSDK(timeout=2, deadline=3)
+            transport = sdk._transport
+            transport._start_head_start(os.environ["ORCHESTRA_WEBHOOK_URL"], 2.0)
+            assert transport._head is not None
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if sdk.update_task(message="child") else 1)
+            _, status = os.waitpid(pid, 0)
+            assert sdk.update_task(message="parent")
+            print(status >> 8, transport.connections_opened)
+            """
+        )
+        result = run_python(code, env=orchestra_env(self.server.url))
+        self.assertEqual(result.stdout, "0 1\n", result.stderr)
+        self.server.wait_for_requests(2)
+        self.assertEqual([e["message"] for e in self.server.events], ["child", "parent"])
+        self.assertEqual(self.server.connections, 2)  # the parent's, opened ahead; the child's own
+
+    def test_an_update_from_an_atexit_handler_reaches_a_webhook_named_by_host(self) -> None:
+        # Python 3.12 starts no thread at shutdown: the DNS look-up and the head start run inline.
+        code = textwrap.dedent(
+            """\
+            import atexit, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK(timeout=2, deadline=3)
+            atexit.register(lambda: print(sdk.update_task("SUCCEEDED", message="from atexit")))
+            """
+        )
+        url = self.server.url.replace("127.0.0.1", "localhost")
+        result = run_python(code, env=orchestra_env(url))
+        self.assertEqual((result.stdout, result.stderr), ("True\n", ""))
+        self.assertEqual(self.server.statuses(), [("SUCCEEDED", "from atexit")])
 
 
 class RetryPolicyTest(unittest.TestCase):
