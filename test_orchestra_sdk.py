@@ -1205,9 +1205,10 @@ class HeadStartTest(SDKTestCase):
         self.assertIn("after 2 attempts: could not connect to 127.0.0.1", errors[1][0])
 
     def test_a_handshake_that_never_ends_is_bounded_by_the_attempt(self) -> None:
-        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(lambda c: self.server.stopping.wait(WAIT)).replace(
-            "http://", "https://"
-        )
+        def silent(connection: socket.socket) -> None:
+            self.server.stopping.wait(WAIT)  # accepts, never says a word: the handshake never ends
+
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(silent).replace("http://", "https://")
         sdk = self.sdk(timeout=0.5, deadline=1.0, retries=5, backoff=0.05)
         started = time.monotonic()
         self.assertFalse(sdk.update_task(message="x"))
@@ -1506,6 +1507,21 @@ class TLSTest(SDKTestCase):
         os.environ["SSL_CERT_DIR"] = folder
         self.assertIsNone(orchestra_sdk._hashed_ca_directory())
 
+
+
+class TLSHeadStartTest(TLSTest):
+    """The same, with the first connection's handshake done by the head start's thread."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        patcher = mock.patch.object(orchestra_sdk._Transport, "head_start", True)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        self.addCleanup(self.assert_head_start_used)
+
+    def assert_head_start_used(self) -> None:
+        if any(line.startswith("DEBUG: POST ") for line in self.log.lines):
+            self.assertTrue(any("while urllib.request loads" in line for line in self.log.lines), self.log.lines)
 
 # ---------------------------------------------------------------------------------------------
 # run(): decorator, context managers, outcomes, steps
