@@ -1039,6 +1039,7 @@ class _HeadStart:
         self._done = threading.Event()
         self._result: Any = None  # the connected socket, or the exception that stopped it
         self._unwanted = False
+        self._thread: Optional[threading.Thread] = None
 
     @classmethod
     def prepare(cls, https: bool, host: str, port: int, trust: Optional[_TrustStore], timeout: float) -> _HeadStart:
@@ -1050,10 +1051,10 @@ class _HeadStart:
         return cls(https, host, port, trust.context() if https and trust is not None else None, timeout)
 
     def start(self) -> bool:
-        if _start_thread(self._open, "orchestra-sdk-connect") is None:
+        self._thread = _start_thread(self._open, "orchestra-sdk-connect")
+        if self._thread is None:
             self._done.set()  # no thread: whoever takes it connects as usual
-            return False
-        return True
+        return self._thread is not None
 
     def _open(self) -> None:
         import socket
@@ -1094,6 +1095,8 @@ class _HeadStart:
         except BaseException:  # a timeout, or a signal handler's exception (Ctrl-C)
             self.discard()
             raise
+        if self._thread is not None:
+            self._thread.join(1.0)  # it has only to return: a fork right after must find no thread of ours
         if isinstance(self._result, BaseException):
             raise self._result
         return self._result
