@@ -493,6 +493,21 @@ except OSError:
     pass
 """
 
+# Cold children that must deliver: exit 0 only when the event was answered 2xx.
+SDK_COLD_DELIVERED = """
+{imports}
+raise SystemExit(0 if OrchestraSDK(api_key={key!r}).update_task(TaskRunStatus.RUNNING, "noop started.") else 3)
+"""
+NO_HEAD_START = "import orchestra_sdk\norchestra_sdk._Transport.head_start = False\n"
+
+BARE_COLD_DELIVERED = """
+import http.client, os, urllib.parse
+url = urllib.parse.urlsplit(os.environ["ORCHESTRA_WEBHOOK_URL"])
+conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=10)
+conn.request("POST", url.path or "/", {body!r}, {headers!r})
+raise SystemExit(0 if conn.getresponse().status == 200 else 3)
+"""
+
 # Warm children print {"times": [...], "delivered": n}: seconds per timed update, and how many
 # of all updates (warm-up included) were answered 2xx.
 SDK_WARM = """
@@ -555,6 +570,7 @@ LABELS = {
     "bare-new": "bare http.client POST, new connection per update",
     "bare-keepalive": "bare http.client POST, one kept-alive connection",
     "ours": "orchestra_sdk.py (this repository)",
+    "ours-no-head-start": "orchestra_sdk.py, head start turned off",
     "official": "official orchestra-sdk 0.2.0",
 }
 
@@ -626,7 +642,7 @@ class Bench:
         self.ca_file, cert, key = make_certificates(folder)
         ours = make_venv(args.python, os.path.join(folder, "bare"))
         self.pythons: Dict[str, str] = dict.fromkeys(
-            ("floor-default", "floor-lazy", "bare-new", "bare-keepalive", "ours"), ours
+            ("floor-default", "floor-lazy", "bare-new", "bare-keepalive", "ours", "ours-no-head-start"), ours
         )
         if args.official:
             self.pythons["official"] = official_venv(args.official_python, folder, args.reuse_venv)
@@ -709,6 +725,39 @@ class Bench:
         for r in range(self.args.rounds):
             for name in self.order(names, r):
                 times[name].append(self.cold_once(name, codes[name]))
+        return times
+
+    def cold_delivered(self, names: List[str], rtt_ms: float) -> Dict[str, List[float]]:
+        """Ms from just before the spawn to the exit of a fresh process whose one update was
+        answered 2xx, through the delay proxy: what a cold Task pays for its first event."""
+        proxy = DelayProxy(self.server.port, rtt_ms / 1000)
+        codes = {}
+        for name in names:
+            if name == "bare-new":
+                codes[name] = BARE_COLD_DELIVERED.format(body=BODY, headers=HEADERS)
+            else:
+                imports = OFFICIAL_IMPORT if name == "official" else OURS_IMPORT
+                prefix = NO_HEAD_START if name == "ours-no-head-start" else ""
+                codes[name] = prefix + SDK_COLD_DELIVERED.format(imports=imports, key=API_KEY)
+        times: Dict[str, List[float]] = {name: [] for name in names}
+        try:
+            for r in range(-1, self.args.rounds):  # round -1: untimed, fills the page cache
+                for name in self.order(names, max(r, 0)):
+                    kind = "ours" if name.startswith("ours") else name
+                    env = self.env(kind, f"https://{HOST}:{proxy.port}/", self.ca_file)
+                    started = time.monotonic_ns()
+                    result = subprocess.run(
+                        [self.pythons[name], "-c", codes[name]],
+                        env=env, cwd=self.cwd, capture_output=True, text=True, timeout=60,
+                        preexec_fn=_pin_child if PIN else None,
+                    )  # fmt: skip
+                    elapsed = (time.monotonic_ns() - started) / 1e6
+                    if result.returncode != 0:
+                        raise SystemExit(f"{name}: the cold event was not delivered\n{codes[name]}\n{result.stderr}")
+                    if r >= 0:
+                        times[name].append(elapsed)
+        finally:
+            proxy.close()
         return times
 
     # -- 2 and 3. warm updates and handshakes ---------------------------------------------
@@ -824,6 +873,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         sdks = ["ours", "official"] if args.official else ["ours"]
         started = time.monotonic()
         results["cold"] = bench.cold(["floor-default", "floor-lazy", "bare-new", *sdks])
+        results["cold delivered rtt"] = rtt = max(args.rtt)
+        if rtt > 0:
+            results["cold delivered"] = bench.cold_delivered(["bare-new", "ours-no-head-start", *sdks], rtt)
         results["warm"] = {}
         for rtt_ms in args.rtt:
             results["warm"][rtt_ms] = bench.warm(["bare-new", "bare-keepalive", *sdks], rtt_ms)
@@ -872,6 +924,21 @@ def report(args: argparse.Namespace, results: Dict[str, Any]) -> bool:
         m = statistics.median(times)
         print(f"| {LABELS[name]} | {m:.1f} | {min(times):.1f} | {max(times):.1f} | {m / lazy:.2f} |")
     print()
+    if "cold delivered" in results:
+        rtt = results["cold delivered rtt"]
+        print(
+            f"## cold, first event delivered: process start to exit, {rtt:g} ms round trip "
+            f"(ms; {args.rounds} fresh processes each)"
+        )
+        print()
+        print("| contender | median | min | max |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, times in results["cold delivered"].items():
+            print(f"| {LABELS[name]} | {statistics.median(times):.1f} | {min(times):.1f} | {max(times):.1f} |")
+        print()
+        print("a new connection costs two round trips before the request (the TCP handshake, standing in")
+        print("as one more round trip on the first byte, and TLS 1.3), and the request a third")
+        print()
     rtts = list(results["warm"])
     names = list(results["warm"][rtts[0]][0])
     print(
