@@ -35,6 +35,11 @@ Figures:
    trip) and a new connection's first byte by one more round trip (a userspace proxy cannot
    delay the TCP handshake itself). Round trip 0 means no proxy. The clients trust the run's
    CA through `SSL_CERT_FILE` (and `REQUESTS_CA_BUNDLE` for the official package).
+   Then, for information, the first event delivered: from the spawn to the exit of a fresh
+   process whose one update was answered 2xx, through the delay proxy at the largest --rtt
+   (the clients trust the run's CA), for this SDK with and without its head start (the first
+   connection opened in a thread while urllib.request loads), a bare http.client POST and the
+   official package.
 3. TLS handshakes for 100 updates from one SDK object (the server counts completed
    handshakes), and for each other contender.
 4. For information: what a vendored module without a compiled .pyc costs at import (Lambda's
