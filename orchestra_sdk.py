@@ -556,6 +556,10 @@ def _redact_url(url: str) -> str:
     return f"{scheme}://***@{rest[at + 1 :]}" if at >= 0 else url
 
 
+def _has_blank_or_control(text: str) -> bool:
+    return any(char <= " " or char == "\x7f" for char in text)
+
+
 def _webhook_url_problem(url: str) -> Optional[str]:
     """Why a webhook URL must not be used, or None when it is safe to send the key there."""
     from urllib.parse import urlsplit
@@ -563,6 +567,8 @@ def _webhook_url_problem(url: str) -> Optional[str]:
     shown = _redact_url(url)
     if not url.isascii():
         return f"webhook URL {shown!r} is not ASCII; percent-encode it (and use punycode hosts)"
+    if _has_blank_or_control(url):  # urlsplit drops tabs and newlines that urllib.request keeps
+        return f"webhook URL {shown!r} has a space or a control character in it; percent-encode it"
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -740,6 +746,8 @@ def _attempt(opener: Any, request: Any, timeout: float, secret: str, where: str)
         response = opener.open(request, timeout=timeout)
     except Exception as exc:
         return _failed_attempt(exc, timeout, where)
+    if response is None:  # no handler took the URL (the checks before sending should rule it out)
+        return _Attempt(False, f"unexpected error: urllib found no handler for the URL to {where}")
     try:
         status = response.status
         if 200 <= status < 300:
@@ -979,7 +987,7 @@ def _connect(address: Tuple[str, int], timeout: Optional[float], source_address:
     if _is_ip_literal(host) or timeout is None:
         return socket.create_connection(address, timeout, source_address)
     try:
-        host.encode("idna")  # getaddrinfo's codec, loaded here: a thread of ours never imports (fork)
+        host.encode("idna")  # getaddrinfo's codec, loaded here: the look-up thread imports nothing (fork)
     except UnicodeError:
         pass  # getaddrinfo says so
     found: List[Any] = []
@@ -1034,10 +1042,11 @@ class _HeadStart:
         self.target = (https, host, port)
         self.pid = os.getpid()
         self._context = context  # None for plain http
-        self._timeout = timeout  # the first attempt's, for the connect and the handshake
+        self._ends_at = time.monotonic() + timeout  # the first attempt's end, for connect and handshake
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._result: Any = None  # the connected socket, or the exception that stopped it
+        self._handshaking: Any = None  # the socket while its TLS handshake runs
         self._unwanted = False
         self._thread: Optional[threading.Thread] = None
 
@@ -1062,18 +1071,31 @@ class _HeadStart:
         result: Any
         try:
             _, host, port = self.target
-            context = self._context
-            sock = _connect((host, port), self._timeout)
+            sock = _connect((host, port), max(0.001, self._ends_at - time.monotonic()))
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client does
             except OSError:
                 pass
-            if context is not None:
+            if self._context is not None:
                 try:
-                    sock = context.wrap_socket(sock, server_hostname=host)
+                    tls = self._context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
                 except BaseException:
                     sock.close()
                     raise
+                with self._lock:
+                    self._handshaking = None if self._unwanted else tls
+                try:
+                    if self._handshaking is None:
+                        raise socket.timeout("not wanted any more")
+                    tls.settimeout(max(0.001, self._ends_at - time.monotonic()))
+                    tls.do_handshake()
+                except BaseException:
+                    tls.close()
+                    raise
+                finally:
+                    with self._lock:
+                        self._handshaking = None
+                sock = tls
             result = sock
         except BaseException as exc:
             result = exc
@@ -1102,12 +1124,21 @@ class _HeadStart:
         return self._result
 
     def discard(self) -> None:
-        """Not wanted after all: its connection is closed now, or as soon as it is made."""
+        """Not wanted after all: its connection is closed now, or as soon as it is made (a TLS
+        handshake under way is cut short, so the thread ends at once)."""
+        handshaking = None
         if self.pid != os.getpid():  # a forked child: the thread is not here, its lock may be held
             result = self._result if self._done.is_set() else None
         else:
             with self._lock:
-                self._unwanted, result = True, self._result
+                self._unwanted, result, handshaking = True, self._result, self._handshaking
+        if handshaking is not None:
+            import socket
+
+            try:  # the TCP socket under it, not close(): the thread still uses the object
+                socket.socket.shutdown(handshaking, socket.SHUT_RDWR)
+            except OSError:
+                pass
         if result is not None and not isinstance(result, BaseException):
             result.close()
 
@@ -1116,6 +1147,8 @@ def _host_and_port(url: str) -> Optional[Tuple[bool, str, int]]:
     """(https, host, port) the way urllib and http.client read them from the webhook URL, or
     None when that is not plain (a head start is only an optimisation: when unsure, none)."""
     scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or _has_blank_or_control(url):
+        return None
     netloc = rest
     for separator in "/?#":
         netloc = netloc.partition(separator)[0]
@@ -1274,33 +1307,42 @@ class _Transport:
         method: str = "POST",
         budget: Optional[_Budget] = None,
     ) -> _Delivery:
-        opener = self._opener
-        if opener is None or opener[0] != webhook_url:
-            if opener is None:
-                left = budget.ends_at - time.monotonic() if budget else policy.deadline
-                self._start_head_start(webhook_url, max(0.001, min(policy.timeout, left)))
-            opener = self._opener = (webhook_url, self._build_opener(webhook_url))
-        body = event.body(task_run_id)
-        return _post_event(opener[1], webhook_url, api_key, event.type.value, body, policy, method, budget)
+        opener, head = self._opener, None
+        try:
+            if opener is None or opener[0] != webhook_url:
+                if opener is None:
+                    left = budget.ends_at - time.monotonic() if budget else policy.deadline
+                    head = self._start_head_start(webhook_url, max(0.001, min(policy.timeout, left)))
+                opener = self._opener = (webhook_url, self._build_opener(webhook_url))
+            body = event.body(task_run_id)
+            return _post_event(opener[1], webhook_url, api_key, event.type.value, body, policy, method, budget)
+        finally:
+            if head is not None:  # not taken (no attempt was made): it must not wait for a later update
+                with self._lock:
+                    unused, self._head = self._head is head, None if self._head is head else self._head
+                if unused:
+                    head.discard()
 
-    def _start_head_start(self, webhook_url: str, timeout: float) -> None:
+    def _start_head_start(self, webhook_url: str, timeout: float) -> Optional[_HeadStart]:
+        """Open the first connection in a thread, when that is worth it and safe; the head start."""
         wanted = self.head_start if self.head_start is not None else "urllib.request" not in sys.modules
         target = _host_and_port(webhook_url) if wanted else None
         if target is None or self._pid != os.getpid() or not _goes_direct(target[1]):
-            return  # (a forked child: the pool's lock is reset first, by _checkout)
+            return None  # (a forked child: the pool's lock is reset first, by _checkout)
         https, host, port = target
         if https and self._trust is None:
             self._trust = _TrustStore()
         try:
             head = _HeadStart.prepare(https, host, port, self._trust, timeout)
         except Exception:  # an unusable host or trust store: the attempt will say so
-            return
+            return None
         with self._lock:
             if self._head is not None or self._opener is not None:
-                return  # another thread's first update got here first
+                return None  # another thread's first update got here first
             self._head = head
         if head.start():
             _log.debug("connecting to %s while urllib.request loads", _redact_url(webhook_url))
+        return head
 
     def _build_opener(self, webhook_url: str) -> Any:
         """An opener that follows no redirect, raises for no status, and skips proxies for loopback."""
@@ -1361,8 +1403,10 @@ class _Transport:
                 except OSError as err:
                     raise urllib.error.URLError(err) from err
                 response = conn.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
+            except BaseException as exc:
+                conn.close()  # whatever stopped it, a SystemExit from a SIGTERM included
+                if not isinstance(exc, (OSError, http.client.HTTPException)):
+                    raise
                 reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
                 if reused and isinstance(reason, _STALE_ERRORS):
                     continue  # the server closed it while idle; the request never reached it
@@ -1380,17 +1424,22 @@ class _Transport:
         """Connect `conn`, with the head start's connection when it was opened for this target."""
         with self._lock:
             head, self._head = self._head, None
-        sock = None
         if head is not None:
-            if head.pid == os.getpid() and not conn._tunnel_host and head.target == (https, conn.host, conn.port):
-                sock = head.take(lambda: min(ends_at, budget.ends_at if budget else ends_at) - time.monotonic())
-            else:
+            if head.pid != os.getpid() or conn._tunnel_host or head.target != (https, conn.host, conn.port):
                 head.discard()
-        if sock is None:
+            else:
+
+                def time_left() -> float:
+                    return min(ends_at, budget.ends_at if budget else ends_at) - time.monotonic()
+
+                try:
+                    sys.audit("http.client.connect", conn, conn.host, conn.port)  # as conn.connect() does
+                    conn.sock = head.take(time_left)
+                except BaseException:
+                    head.discard()
+                    raise
+        if conn.sock is None:
             conn.connect()
-        else:
-            sys.audit("http.client.connect", conn, conn.host, conn.port)  # what conn.connect() reports
-            conn.sock = sock
 
     def _new_connection(self, req: Any, https: bool, tunnel_headers: Dict[str, str]) -> Any:
         import http.client
@@ -1502,6 +1551,7 @@ class HTTPClient:
         Orchestra answered 2xx; False, logged, for any network, server or configuration problem."""
         kind = _coerce_event_type(event_type)
         api_key, webhook_url, task_run_id = self.api_key, self.webhook_url, str(self.task_run_id)
+        webhook_url = webhook_url.strip() if isinstance(webhook_url, str) else webhook_url  # as OrchestraSDK
         event = _Event(kind, dict(json or {}), dict(metadata or {}))
         problem = _api_key_problem(api_key) or _webhook_url_problem(webhook_url)
         if problem is None and _canonical_uuid(task_run_id) is None:
@@ -1897,8 +1947,9 @@ class OrchestraSDK:
         if url not in self._url_problems:  # check each URL once, not on every update
             problem = self._url_problems[url] = _webhook_url_problem(url)
             if problem is None and url.lower().startswith("http://"):
-                host = url.partition("://")[2].partition("/")[0]
-                if not _is_loopback(host.rpartition(":")[0] if host.count(":") == 1 else host):
+                from urllib.parse import urlsplit
+
+                if not _is_loopback(urlsplit(url).hostname or ""):
                     _log.warning(
                         "%s=1: the API key goes in clear text to %s. For local testing only, never in production.",
                         ENV_ALLOW_INSECURE_HTTP,
@@ -2152,6 +2203,24 @@ class _ActiveRun:
         return exc is not None and isinstance(exc, Exception) and not self.reraise
 
 
+def _load_transport_modules() -> None:
+    """Import, in this thread, what sending an event can import. A report thread that imported
+    them itself could hold a module's import lock just as another task forks (a process pool),
+    and the child would hang on that import for good."""
+    import email.utils  # noqa: F401
+    import http.client  # noqa: F401
+    import ipaddress  # noqa: F401
+    import random  # noqa: F401
+    import select  # noqa: F401
+    import socket  # noqa: F401
+    import ssl  # noqa: F401
+    import urllib.error
+    import urllib.parse
+    import urllib.request  # noqa: F401
+
+    "".encode("idna")  # the codec that DNS look-ups and TLS server names use
+
+
 async def _in_thread(func: Callable[..., None], *args: Any) -> None:
     """Run a report in a thread of its own and wait for it, whatever happens to the waiting task.
 
@@ -2161,6 +2230,7 @@ async def _in_thread(func: Callable[..., None], *args: Any) -> None:
     """
     import asyncio
 
+    _load_transport_modules()
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 

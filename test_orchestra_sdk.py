@@ -885,6 +885,49 @@ class TransportTest(SDKTestCase):
                 self.assertIn(reason, self.log_lines("ERROR")[0])
         self.assertEqual(self.server.requests, [])
 
+    def test_a_url_with_a_blank_or_control_character_inside_is_refused_before_connecting(self) -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        self.addCleanup(listener.close)
+        base = f"127.0.0.1:{listener.getsockname()[1]}"
+        for url in (
+            f"ht\ttp://{base}/h",
+            f"http://{base}/h\toks",
+            f"http://{base}/h\r\nX-Extra: 1",
+            f"http://{base}/a b",
+        ):
+            for head_start in (False, True):
+                with self.subTest(url=url, head_start=head_start):
+                    self.log.lines.clear()
+                    os.environ["ORCHESTRA_WEBHOOK_URL"] = url
+                    sdk = self.sdk()
+                    sdk._transport.head_start = head_start
+                    self.assertFalse(sdk.update_task(message="x"))
+                    self.assertIn("has a space or a control character in it", self.log_lines("ERROR")[0])
+                    import select
+
+                    self.assertEqual(select.select([listener], [], [], 0)[0], [])  # nobody connected
+
+    def test_an_opener_that_finds_no_handler_is_a_failed_attempt(self) -> None:
+        class NoHandler:
+            def open(self, request: Any, timeout: float) -> None:
+                return None
+
+        attempt = orchestra_sdk._attempt(NoHandler(), None, 1.0, API_KEY, "h:1")
+        self.assertEqual(
+            attempt, orchestra_sdk._Attempt(False, "unexpected error: urllib found no handler for the URL to h:1")
+        )
+
+    def test_http_client_trims_blanks_around_its_url_as_orchestra_sdk_does(self) -> None:
+        client = orchestra_sdk.HTTPClient(API_KEY, TASK_RUN_ID, f"  {self.server.url}\n")
+        self.assertTrue(client.request("UPDATE_STATUS", json={"message": "x"}))
+        self.assertEqual(self.server.events, [status_event(None, "x")])
+
+    def test_plain_http_to_a_bracketed_loopback_address_gives_no_clear_text_warning(self) -> None:
+        self.assertIsNone(self.sdk()._url_problem("http://[::1]:8080/hooks"))
+        self.assertEqual(self.log_lines("WARNING"), [])
+
     def test_one_megabyte_message_is_sent(self) -> None:
         message = "m" * (1024 * 1024)
         self.assertTrue(self.sdk().update_task(message=message))
@@ -1297,6 +1340,40 @@ class HeadStartTest(SDKTestCase):
         self.assertEqual([e["message"] for e in self.server.events], ["child", "parent"])
         self.assertEqual(self.server.connections, 2)  # the parent's, opened ahead; the child's own
 
+    def test_a_head_start_no_attempt_took_is_closed_with_its_update(self) -> None:
+        connections: List[int] = []
+
+        def first_closed_then_answered(connection: socket.socket) -> None:
+            connections.append(1)
+            if len(connections) > 1:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+        url = os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(first_closed_then_answered)
+        sdk = self.sdk(retries=0)
+        transport = sdk._transport
+        event = orchestra_sdk._status_event(None, "x")
+        no_time_left = orchestra_sdk._Budget(0.0)  # the deadline passes before any attempt
+        delivery = transport.post(url, API_KEY, event, TASK_RUN_ID, sdk.retry_policy, budget=no_time_left)
+        self.assertFalse(delivery.delivered)
+        self.assertIsNone(transport._head)
+        self.assertTrue(sdk.update_task(message="y"))  # on a new connection: the first was closed
+        self.assertEqual(len(connections), 2)
+
+    def test_a_handshake_cut_short_by_a_sigterm_ends_the_connect_thread_too(self) -> None:
+        def silent(connection: socket.socket) -> None:
+            self.server.stopping.wait(WAIT)
+
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(silent).replace("http://", "https://")
+        sdk = self.sdk(timeout=8.0, deadline=9.0, retries=0)
+        threading.Timer(0.3, sdk._hurry).start()  # what the SIGTERM handler does
+        with mock.patch.object(orchestra_sdk, "HURRY_SECONDS", 0.2):
+            self.assertFalse(sdk.update_task(message="x"))
+        deadline = time.monotonic() + 1.0
+        while "orchestra-sdk-connect" in [t.name for t in threading.enumerate()] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertNotIn("orchestra-sdk-connect", [t.name for t in threading.enumerate()])
+
     def test_an_update_from_an_atexit_handler_reaches_a_webhook_named_by_host(self) -> None:
         # Python 3.12 starts no thread at shutdown: the DNS look-up and the head start run inline.
         code = textwrap.dedent(
@@ -1508,7 +1585,6 @@ class TLSTest(SDKTestCase):
         self.assertIsNone(orchestra_sdk._hashed_ca_directory())
 
 
-
 class TLSHeadStartTest(TLSTest):
     """The same, with the first connection's handshake done by the head start's thread."""
 
@@ -1522,6 +1598,7 @@ class TLSHeadStartTest(TLSTest):
     def assert_head_start_used(self) -> None:
         if any(line.startswith("DEBUG: POST ") for line in self.log.lines):
             self.assertTrue(any("while urllib.request loads" in line for line in self.log.lines), self.log.lines)
+
 
 # ---------------------------------------------------------------------------------------------
 # run(): decorator, context managers, outcomes, steps
@@ -2598,6 +2675,72 @@ class SigtermTest(unittest.TestCase):
         self.assertTrue(os.path.exists(marker))
         self.assertTrue(os.path.exists(marker + ".atexit"))
         self.assertEqual(self.server.events[-1], status_event("CANCELLED", "job cancelled: received SIGTERM."))
+
+    def test_sigterm_while_an_answer_is_awaited_closes_the_connection(self) -> None:
+        self.server.then(delay(1.5, reply(200)))  # RUNNING is answered slowly
+        code = textwrap.dedent(
+            """\
+            import sys, time, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK()
+            print('ready', flush=True)
+            @sdk.run()
+            def job():
+                for _ in range(100):
+                    time.sleep(0.05)
+            job()
+            """
+        )
+        child, ready = spawn(self, [sys.executable, "-X", "dev", "-c", code], self.env)
+        self.assertEqual(ready, "ready\n")
+        self.server.wait_for_requests(1)
+        time.sleep(0.2)  # the child now waits for the answer
+        child.send_signal(signal.SIGTERM)
+        _, errors = child.communicate(timeout=WAIT)
+        self.assertEqual(child.returncode, 143, errors)
+        self.assertNotIn("ResourceWarning", errors)
+        self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
+
+    @unittest.skipUnless(hasattr(os, "fork"), "os.fork")
+    @unittest.skipIf(sys.version_info >= (3, 14), "asyncio 3.14+ hangs a child forked inside a task that exits")
+    def test_a_child_forked_by_another_task_while_running_is_reported_never_hangs_on_an_import(self) -> None:
+        code = textwrap.dedent(
+            """\
+            import asyncio, os, sys, warnings, orchestra_sdk
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose here
+            sdk = orchestra_sdk.OrchestraSDK()
+
+            async def forker():
+                while "urllib.request" not in sys.modules:  # the run's first report is under way
+                    await asyncio.sleep(0.0005)
+                pid = os.fork()
+                if pid == 0:
+                    import urllib.request  # what the report may have been importing at the fork
+                    os._exit(0)
+                for _ in range(100):
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        return "child exited %d" % (status >> 8)
+                    await asyncio.sleep(0.05)
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                return "child hung"
+
+            @sdk.run("job")
+            async def job():
+                await asyncio.sleep(0.3)
+
+            async def main():
+                forking = asyncio.ensure_future(forker())
+                await asyncio.sleep(0)
+                await job()
+                return await forking
+
+            print(asyncio.run(main()))
+            """
+        )
+        result = run_python(code, env=self.env)
+        self.assertEqual(result.stdout, "child exited 0\n", result.stderr)
+        self.assertEqual(self.server.statuses(), [("RUNNING", "job started."), ("SUCCEEDED", "job succeeded.")])
 
     def test_sigterm_in_an_async_run(self) -> None:
         code = textwrap.dedent(
