@@ -1139,6 +1139,8 @@ class _HeadStart:
                 socket.socket.shutdown(handshaking, socket.SHUT_RDWR)
             except OSError:
                 pass
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(0.5)  # it ends at once now: a fork right after finds no thread of ours
         if result is not None and not isinstance(result, BaseException):
             result.close()
 
