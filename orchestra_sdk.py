@@ -746,9 +746,9 @@ def _attempt(opener: Any, request: Any, timeout: float, secret: str, where: str)
         response = opener.open(request, timeout=timeout)
     except Exception as exc:
         return _failed_attempt(exc, timeout, where)
-    if response is None:  # no handler took the URL (the checks before sending should rule it out)
-        return _Attempt(False, f"unexpected error: urllib found no handler for the URL to {where}")
     try:
+        if response is None:  # no handler took the URL (the checks before sending rule it out)
+            return _Attempt(False, f"unexpected error: urllib found no handler for the URL to {where}")
         status = response.status
         if 200 <= status < 300:
             return _DELIVERED
@@ -762,7 +762,8 @@ def _attempt(opener: Any, request: Any, timeout: float, secret: str, where: str)
     except Exception as exc:  # whatever a hostile answer does, it is a failed attempt
         return _failed_attempt(exc, timeout, where)
     finally:
-        response.close()
+        if response is not None:
+            response.close()
 
 
 def _failed_attempt(exc: Exception, timeout: float, where: str) -> _Attempt:
@@ -1060,10 +1061,14 @@ class _HeadStart:
         return cls(https, host, port, trust.context() if https and trust is not None else None, timeout)
 
     def start(self) -> bool:
-        self._thread = _start_thread(self._open, "orchestra-sdk-connect")
-        if self._thread is None:
-            self._done.set()  # no thread: whoever takes it connects as usual
-        return self._thread is not None
+        self._thread = threading.Thread(target=self._open, name="orchestra-sdk-connect", daemon=True)
+        try:
+            self._thread.start()
+        except RuntimeError:  # no new thread at interpreter shutdown (3.12)
+            self._thread = None
+            self._done.set()  # whoever takes it connects as usual
+            return False
+        return True
 
     def _open(self) -> None:
         import socket
@@ -1114,6 +1119,9 @@ class _HeadStart:
             while not self._done.wait(max(0.0, min(time_left(), _READ_SLICE))):
                 if time_left() <= 0:
                     raise socket.timeout("timed out")
+                if (self._thread is None or not self._thread.is_alive()) and not self._done.is_set():
+                    self.discard()  # it never ran (a signal handler's exception stopped its start)
+                    return None
         except BaseException:  # a timeout, or a signal handler's exception (Ctrl-C)
             self.discard()
             raise
@@ -1267,17 +1275,19 @@ def _response_class() -> Any:
 
         def close(self) -> None:
             complete = self.fp is None  # the body was read to its end
-            if not complete and not self.will_close and self.length is not None and self.length <= _DRAIN_LIMIT:
-                self.ends_at = min(self.ends_at, time.monotonic() + _DRAIN_TIME)
-                try:
-                    self.read()
-                    complete = True
-                except Exception:
-                    pass
-            super().close()
-            on_close, self.on_close = self.on_close, None
-            if on_close is not None:
-                on_close(complete and not self.will_close)
+            try:
+                if not complete and not self.will_close and self.length is not None and self.length <= _DRAIN_LIMIT:
+                    self.ends_at = min(self.ends_at, time.monotonic() + _DRAIN_TIME)
+                    try:
+                        self.read()
+                        complete = True
+                    except Exception:
+                        pass
+            finally:  # a SIGTERM's SystemExit during the drain included: the connection is closed
+                super().close()
+                on_close, self.on_close = self.on_close, None
+                if on_close is not None:
+                    on_close(complete and not self.will_close)
 
     return Response
 
@@ -1341,9 +1351,16 @@ class _Transport:
         with self._lock:
             if self._head is not None or self._opener is not None:
                 return None  # another thread's first update got here first
-            self._head = head
-        if head.start():
-            _log.debug("connecting to %s while urllib.request loads", _redact_url(webhook_url))
+            self._head = head  # before it starts: a second thread's first update must see it
+        try:
+            if head.start():
+                _log.debug("connecting to %s while urllib.request loads", _redact_url(webhook_url))
+        except BaseException:  # a signal handler's exception: leave nothing half-started behind
+            with self._lock:
+                if self._head is head:
+                    self._head = None
+            head.discard()
+            raise
         return head
 
     def _build_opener(self, webhook_url: str) -> Any:
@@ -1405,6 +1422,9 @@ class _Transport:
                 except OSError as err:
                     raise urllib.error.URLError(err) from err
                 response = conn.getresponse()
+                response.on_close = functools.partial(self._checkin, key, conn)
+                response.url = req.get_full_url()
+                response.msg = response.reason  # what urllib's own handlers leave there
             except BaseException as exc:
                 conn.close()  # whatever stopped it, a SystemExit from a SIGTERM included
                 if not isinstance(exc, (OSError, http.client.HTTPException)):
@@ -1416,9 +1436,6 @@ class _Transport:
                 if lazy_trust_failed and self._trust is not None and self._trust.fall_back(conn._context):
                     continue
                 raise
-            response.on_close = functools.partial(self._checkin, key, conn)
-            response.url = req.get_full_url()
-            response.msg = response.reason  # what urllib's own handlers leave there
             return response
         raise urllib.error.URLError("the connection was closed before an answer, three times")
 
@@ -1495,10 +1512,14 @@ class _Transport:
         if not reusable or conn.sock is None or self._pid != os.getpid():
             conn.close()
             return
-        with self._lock:
-            self._idle.append((key, conn, time.monotonic()))
-            surplus = self._idle[:-_POOL_SIZE]
-            del self._idle[:-_POOL_SIZE]
+        try:
+            with self._lock:
+                self._idle.append((key, conn, time.monotonic()))
+                surplus = self._idle[:-_POOL_SIZE]
+                del self._idle[:-_POOL_SIZE]
+        except BaseException:  # a signal handler's exception: not kept, so closed
+            conn.close()
+            raise
         for entry in surplus:
             entry[1].close()
 
@@ -1714,7 +1735,7 @@ class OrchestraSDK:
     def webhook_url(self, url: str) -> None:
         if not isinstance(url, str):
             raise TypeError(f"webhook_url must be a str, not {type(url).__name__}")
-        self._config = dataclasses.replace(self._config, webhook_url=url)
+        self._config = dataclasses.replace(self._config, webhook_url=url.strip())  # as the environment's
 
     @property
     def task_run_id(self) -> Optional[uuid.UUID]:

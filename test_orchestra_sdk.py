@@ -924,6 +924,12 @@ class TransportTest(SDKTestCase):
         self.assertTrue(client.request("UPDATE_STATUS", json={"message": "x"}))
         self.assertEqual(self.server.events, [status_event(None, "x")])
 
+    def test_blanks_around_a_url_set_on_the_object_are_trimmed(self) -> None:
+        sdk = self.sdk()
+        sdk.webhook_url = f" {self.server.url}\n"
+        self.assertEqual(sdk.webhook_url, self.server.url)
+        self.assertTrue(sdk.update_task(message="x"))
+
     def test_plain_http_to_a_bracketed_loopback_address_gives_no_clear_text_warning(self) -> None:
         self.assertIsNone(self.sdk()._url_problem("http://[::1]:8080/hooks"))
         self.assertEqual(self.log_lines("WARNING"), [])
@@ -1341,24 +1347,24 @@ class HeadStartTest(SDKTestCase):
         self.assertEqual(self.server.connections, 2)  # the parent's, opened ahead; the child's own
 
     def test_a_head_start_no_attempt_took_is_closed_with_its_update(self) -> None:
-        connections: List[int] = []
+        seen: List[str] = []
 
-        def first_closed_then_answered(connection: socket.socket) -> None:
-            connections.append(1)
-            if len(connections) > 1:
-                connection.recv(65536)
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        def record(connection: socket.socket) -> None:
+            connection.settimeout(WAIT)
+            if not connection.recv(65536):
+                seen.append("closed unused")
+                return
+            seen.append("answered")
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
-        url = os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(first_closed_then_answered)
+        os.environ["ORCHESTRA_WEBHOOK_URL"] = self.raw_server(record)
         sdk = self.sdk(retries=0)
-        transport = sdk._transport
-        event = orchestra_sdk._status_event(None, "x")
-        no_time_left = orchestra_sdk._Budget(0.0)  # the deadline passes before any attempt
-        delivery = transport.post(url, API_KEY, event, TASK_RUN_ID, sdk.retry_policy, budget=no_time_left)
-        self.assertFalse(delivery.delivered)
-        self.assertIsNone(transport._head)
-        self.assertTrue(sdk.update_task(message="y"))  # on a new connection: the first was closed
-        self.assertEqual(len(connections), 2)
+        no_attempt = orchestra_sdk._Delivery(False, orchestra_sdk._Attempt(False, "no attempt was made"), "x")
+        with mock.patch.object(orchestra_sdk, "_post_event", return_value=no_attempt):  # the deadline passed first
+            self.assertFalse(sdk.update_task(message="x"))
+        self.assertIsNone(sdk._transport._head)
+        self.assertTrue(sdk.update_task(message="y"))
+        self.assertEqual(seen, ["closed unused", "answered"])  # not sent on the connection opened ahead
 
     def test_a_handshake_cut_short_by_a_sigterm_ends_the_connect_thread_too(self) -> None:
         def silent(connection: socket.socket) -> None:
@@ -1371,6 +1377,23 @@ class HeadStartTest(SDKTestCase):
             self.assertFalse(sdk.update_task(message="x"))
         # Gone when the update returns: a fork right after must find no thread of ours.
         self.assertNotIn("orchestra-sdk-connect", [t.name for t in threading.enumerate()])
+
+    def test_a_signal_while_the_head_start_starts_leaves_the_next_update_unharmed(self) -> None:
+        sdk = self.sdk(timeout=3.0, deadline=4.0)
+        interrupted = mock.patch.object(orchestra_sdk._HeadStart, "start", side_effect=SystemExit(143))
+        with interrupted, self.assertRaises(SystemExit):  # what the SIGTERM handler raises, then
+            sdk.update_task(message="running")
+        self.assertIsNone(sdk._transport._head)
+        started = time.monotonic()
+        self.assertTrue(sdk.update_task("CANCELLED", message="cancelled"))
+        self.assertLess(time.monotonic() - started, 2.0)  # not after waiting for a thread that never ran
+        self.assertEqual(self.server.statuses(), [("CANCELLED", "cancelled")])
+
+    def test_a_head_start_whose_thread_never_ran_is_not_waited_for(self) -> None:
+        head = orchestra_sdk._HeadStart(False, "127.0.0.1", 9, None, 5.0)  # never started
+        started = time.monotonic()
+        self.assertIsNone(head.take(lambda: 5.0 - (time.monotonic() - started)))
+        self.assertLess(time.monotonic() - started, 2.0)
 
     def test_an_update_from_an_atexit_handler_reaches_a_webhook_named_by_host(self) -> None:
         # Python 3.12 starts no thread at shutdown: the DNS look-up and the head start run inline.
@@ -2697,6 +2720,69 @@ class SigtermTest(unittest.TestCase):
         self.assertEqual(child.returncode, 143, errors)
         self.assertNotIn("ResourceWarning", errors)
         self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
+
+    def test_sigterm_while_an_unread_answer_body_is_drained_closes_the_connection(self) -> None:
+        headers_sent = threading.Event()
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+        statuses: List[Optional[str]] = []
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        self.addCleanup(listener.close)
+
+        held: List[socket.socket] = []  # RUNNING's connection: open, its body never sent
+
+        def close_held() -> None:
+            for connection in held:
+                connection.close()
+
+        self.addCleanup(close_held)
+
+        def serve() -> None:  # RUNNING: 200 headers now, the body never; then answers at once
+            with contextlib.suppress(OSError):
+                while not stop.is_set():
+                    connection, _ = listener.accept()
+                    with contextlib.ExitStack() as closing:
+                        data = b""
+                        while b"\r\n\r\n" not in data:
+                            data += connection.recv(65536)
+                        head, _, body = data.partition(b"\r\n\r\n")
+                        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                        while len(body) < length:
+                            body += connection.recv(65536)
+                        statuses.append(json.loads(body).get("status"))
+                        if len(statuses) == 1:
+                            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+                            held.append(connection)
+                            headers_sent.set()
+                        else:
+                            closing.callback(connection.close)
+                            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+        threading.Thread(target=serve, daemon=True).start()
+        code = textwrap.dedent(
+            """\
+            import time, orchestra_sdk
+            sdk = orchestra_sdk.OrchestraSDK(timeout=3, deadline=4, retries=0)
+            print('ready', flush=True)
+            @sdk.run("job")
+            def job():
+                for _ in range(100):
+                    time.sleep(0.05)
+            job()
+            """
+        )
+        env = orchestra_env(f"http://127.0.0.1:{listener.getsockname()[1]}/hooks")
+        child, ready = spawn(self, [sys.executable, "-X", "dev", "-c", code], env)
+        self.assertEqual(ready, "ready\n")
+        self.assertTrue(headers_sent.wait(WAIT))
+        time.sleep(0.1)  # the child now drains the body it did not read (for at most 0.25 s)
+        child.send_signal(signal.SIGTERM)
+        _, errors = child.communicate(timeout=WAIT)
+        self.assertEqual(child.returncode, 143, errors)
+        self.assertNotIn("ResourceWarning", errors)
+        self.assertEqual(statuses, ["RUNNING", "CANCELLED"])
 
     @unittest.skipUnless(hasattr(os, "fork"), "os.fork")
     @unittest.skipIf(sys.version_info >= (3, 14), "asyncio 3.14+ hangs a child forked inside a task that exits")
