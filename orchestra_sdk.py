@@ -1274,8 +1274,9 @@ def _response_class() -> Any:
                 raise http.client.HTTPException("more than 20 interim (1xx) answers and no final one")
 
         def close(self) -> None:
-            complete = self.fp is None  # the body was read to its end
+            complete = False
             try:
+                complete = self.fp is None  # the body was read to its end
                 if not complete and not self.will_close and self.length is not None and self.length <= _DRAIN_LIMIT:
                     self.ends_at = min(self.ends_at, time.monotonic() + _DRAIN_TIME)
                     try:
