@@ -1305,6 +1305,7 @@ class _Transport:
         self._opener: Optional[Tuple[str, Any]] = None
         self._trust = trust
         self._head: Optional[_HeadStart] = None
+        self._busy: Dict[int, Any] = {}  # thread id: the connection that thread's update is using
         self._idle: List[Tuple[Any, Any, float]] = []  # (key, connection, idle since)
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -1329,7 +1330,11 @@ class _Transport:
                 opener = self._opener = (webhook_url, self._build_opener(webhook_url))
             body = event.body(task_run_id)
             return _post_event(opener[1], webhook_url, api_key, event.type.value, body, policy, method, budget)
+        except BaseException:  # a signal handler's exception (SIGTERM, Ctrl-C) mid-request
+            self._release(cut_short=True)
+            raise
         finally:
+            self._release(cut_short=False)
             if head is not None:  # not taken (no attempt was made): it must not wait for a later update
                 with self._lock:
                     unused, self._head = self._head is head, None if self._head is head else self._head
@@ -1407,6 +1412,8 @@ class _Transport:
             conn, reused = self._checkout(key)
             if conn is None:
                 conn = self._new_connection(req, https, tunnel_headers)
+            with self._lock:
+                self._busy[threading.get_ident()] = conn  # post() closes it if a signal cuts the update short
             conn.response_class = functools.partial(_response_class(), ends_at=ends_at, budget=budget)
             time_left = _time_left(ends_at, budget)
             conn.timeout = time_left  # the connection, TLS handshake included, gets what is left
@@ -1442,22 +1449,24 @@ class _Transport:
 
     def _connect_new(self, conn: Any, https: bool, ends_at: float, budget: Optional[_Budget]) -> None:
         """Connect `conn`, with the head start's connection when it was opened for this target."""
-        with self._lock:
-            head, self._head = self._head, None
-        if head is not None:
-            if head.pid != os.getpid() or conn._tunnel_host or head.target != (https, conn.host, conn.port):
-                head.discard()
-            else:
 
-                def time_left() -> float:
-                    return min(ends_at, budget.ends_at if budget else ends_at) - time.monotonic()
+        def time_left() -> float:
+            return min(ends_at, budget.ends_at if budget else ends_at) - time.monotonic()
 
-                try:
+        head = None
+        try:
+            with self._lock:
+                head, self._head = self._head, None
+            if head is not None:
+                if head.pid != os.getpid() or conn._tunnel_host or head.target != (https, conn.host, conn.port):
+                    head.discard()
+                else:
                     sys.audit("http.client.connect", conn, conn.host, conn.port)  # as conn.connect() does
                     conn.sock = head.take(time_left)
-                except BaseException:
-                    head.discard()
-                    raise
+        except BaseException:  # a signal handler's exception included: the head start is not left open
+            if head is not None and conn.sock is None:
+                head.discard()
+            raise
         if conn.sock is None:
             conn.connect()
 
@@ -1488,7 +1497,7 @@ class _Transport:
             self._lock, self._pid, inherited, self._idle = threading.Lock(), os.getpid(), self._idle, []
             for entry in inherited:
                 entry[1].close()
-            head, self._head = self._head, None
+            head, self._head, self._busy = self._head, None, {}
             if head is not None:
                 head.discard()
         with self._lock:
@@ -1496,6 +1505,7 @@ class _Transport:
             stale = [entry for entry in self._idle if entry[0] != key or now - entry[2] >= KEEP_ALIVE_IDLE]
             self._idle = [entry for entry in self._idle if entry not in stale]
             found = self._idle.pop()[1] if self._idle else None  # the most recently used
+            self._forget(found)
         for entry in stale:
             entry[1].close()
         if found is None:
@@ -1510,19 +1520,38 @@ class _Transport:
         return found, True
 
     def _checkin(self, key: Any, conn: Any, reusable: bool) -> None:
-        if not reusable or conn.sock is None or self._pid != os.getpid():
+        if self._pid != os.getpid():  # a forked child: _checkout resets the pool and its lock first
             conn.close()
             return
-        try:
-            with self._lock:
-                self._idle.append((key, conn, time.monotonic()))
-                surplus = self._idle[:-_POOL_SIZE]
-                del self._idle[:-_POOL_SIZE]
-        except BaseException:  # a signal handler's exception: not kept, so closed
+        if not reusable or conn.sock is None:
             conn.close()
-            raise
+            with self._lock:
+                self._forget(conn)
+            return
+        with self._lock:
+            self._idle.append((key, conn, time.monotonic()))
+            surplus = self._idle[:-_POOL_SIZE]
+            del self._idle[:-_POOL_SIZE]
+            self._forget(conn)  # its exchange is over: post() must not close it any more
         for entry in surplus:
             entry[1].close()
+
+    def _forget(self, conn: Any) -> None:
+        """No update is using `conn` now (it is idle, or another update took it). Lock held."""
+        for thread in [thread for thread, used in self._busy.items() if used is conn]:
+            del self._busy[thread]
+
+    def _release(self, cut_short: bool) -> None:
+        """This thread's update is over. Cut short (a signal handler's exception), the connection
+        it was using is closed, taken out of the pool first: it may be half-way through an exchange."""
+        if self._pid != os.getpid():
+            return  # a forked child: _checkout resets the pool and its lock before any use
+        with self._lock:
+            conn = self._busy.pop(threading.get_ident(), None)
+            if cut_short and conn is not None:
+                self._idle = [entry for entry in self._idle if entry[1] is not conn]
+        if cut_short and conn is not None:
+            conn.close()
 
     def close(self) -> None:
         """Close the idle connections (they are also closed when the client is collected)."""

@@ -2721,6 +2721,57 @@ class SigtermTest(unittest.TestCase):
         self.assertNotIn("ResourceWarning", errors)
         self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
 
+    def test_sigterm_on_any_line_of_a_connections_life_leaves_no_socket_open(self) -> None:
+        self.server.keep_alive = True
+        code = textwrap.dedent(
+            """\
+            import linecache, os, signal, sys, threading, time, orchestra_sdk
+            snippet, fired = sys.argv[1], []
+            def tracer(frame, event, arg):
+                if fired or frame.f_code.co_filename != orchestra_sdk.__file__:
+                    return None
+                def line(frame, event, arg):
+                    text = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+                    if not fired and event == "line" and snippet in text:
+                        fired.append(frame.f_lineno)
+                        os.kill(os.getpid(), signal.SIGTERM)  # handled at once, on this very line
+                    return line
+                return line
+            sdk = orchestra_sdk.OrchestraSDK(timeout=2, deadline=3)
+            @sdk.run("job")
+            def job():
+                sys.settrace(None)
+            sys.settrace(tracer)
+            try:
+                job()
+            finally:
+                sys.settrace(None)
+                print(fired, flush=True)
+            """
+        )
+        snippets = (
+            "head, self._head = self._head, None",  # the head start, taken for the first attempt
+            "if head.pid != os.getpid() or conn._tunnel_host",  # ...and checked
+            "complete = self.fp is None",  # the answer, being closed
+            "self._idle.append((key, conn, time.monotonic()))",  # the connection, put back for reuse
+            "return response",  # the answer, on its way to the retry loop
+        )
+        for snippet in snippets:
+            with self.subTest(snippet=snippet):
+                self.server.requests.clear()
+                result = subprocess.run(
+                    [sys.executable, "-X", "dev", "-c", code, snippet],
+                    cwd=HERE,
+                    env=self.env,
+                    capture_output=True,
+                    text=True,
+                    timeout=WAIT,
+                )
+                self.assertEqual(result.returncode, 143, result.stderr)
+                self.assertRegex(result.stdout, r"^\[\d+\]\n$")  # the signal came on that line
+                self.assertNotIn("ResourceWarning", result.stderr)
+                self.assertEqual(self.server.statuses()[-1], ("CANCELLED", "job cancelled: received SIGTERM."))
+
     def test_sigterm_while_an_unread_answer_body_is_drained_closes_the_connection(self) -> None:
         headers_sent = threading.Event()
         stop = threading.Event()
