@@ -556,10 +556,6 @@ def _redact_url(url: str) -> str:
     return f"{scheme}://***@{rest[at + 1 :]}" if at >= 0 else url
 
 
-def _has_blank_or_control(text: str) -> bool:
-    return any(char <= " " or char == "\x7f" for char in text)
-
-
 def _webhook_url_problem(url: str) -> Optional[str]:
     """Why a webhook URL must not be used, or None when it is safe to send the key there."""
     from urllib.parse import urlsplit
@@ -567,7 +563,7 @@ def _webhook_url_problem(url: str) -> Optional[str]:
     shown = _redact_url(url)
     if not url.isascii():
         return f"webhook URL {shown!r} is not ASCII; percent-encode it (and use punycode hosts)"
-    if _has_blank_or_control(url):  # urlsplit drops tabs and newlines that urllib.request keeps
+    if any(char <= " " or char == "\x7f" for char in url):  # urlsplit drops tabs that urllib.request keeps
         return f"webhook URL {shown!r} has a space or a control character in it; percent-encode it"
     try:
         parts = urlsplit(url)
@@ -1061,14 +1057,10 @@ class _HeadStart:
         return cls(https, host, port, trust.context() if https and trust is not None else None, timeout)
 
     def start(self) -> bool:
-        self._thread = threading.Thread(target=self._open, name="orchestra-sdk-connect", daemon=True)
-        try:
-            self._thread.start()
-        except RuntimeError:  # no new thread at interpreter shutdown (3.12)
-            self._thread = None
-            self._done.set()  # whoever takes it connects as usual
-            return False
-        return True
+        self._thread = _start_thread(self._open, "orchestra-sdk-connect")
+        if self._thread is None:
+            self._done.set()  # no thread: whoever takes it connects as usual
+        return self._thread is not None
 
     def _open(self) -> None:
         import socket
@@ -1157,7 +1149,7 @@ def _host_and_port(url: str) -> Optional[Tuple[bool, str, int]]:
     """(https, host, port) the way urllib and http.client read them from the webhook URL, or
     None when that is not plain (a head start is only an optimisation: when unsure, none)."""
     scheme, _, rest = url.partition("://")
-    if scheme.lower() not in ("http", "https") or _has_blank_or_control(url):
+    if scheme.lower() not in ("http", "https"):
         return None
     netloc = rest
     for separator in "/?#":
@@ -1336,10 +1328,7 @@ class _Transport:
         finally:
             self._release(cut_short=False)
             if head is not None:  # not taken (no attempt was made): it must not wait for a later update
-                with self._lock:
-                    unused, self._head = self._head is head, None if self._head is head else self._head
-                if unused:
-                    head.discard()
+                self._drop_head(head)
 
     def _start_head_start(self, webhook_url: str, timeout: float) -> Optional[_HeadStart]:
         """Open the first connection in a thread, when that is worth it and safe; the head start."""
@@ -1362,12 +1351,17 @@ class _Transport:
             if head.start():
                 _log.debug("connecting to %s while urllib.request loads", _redact_url(webhook_url))
         except BaseException:  # a signal handler's exception: leave nothing half-started behind
-            with self._lock:
-                if self._head is head:
-                    self._head = None
-            head.discard()
+            self._drop_head(head)
             raise
         return head
+
+    def _drop_head(self, head: _HeadStart) -> None:
+        """`head` is not wanted: closed, unless an attempt already took it (then it is that one's)."""
+        with self._lock:
+            if self._head is not head:
+                return
+            self._head = None
+        head.discard()
 
     def _build_opener(self, webhook_url: str) -> Any:
         """An opener that follows no redirect, raises for no status, and skips proxies for loopback."""
